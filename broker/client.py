@@ -1,0 +1,87 @@
+"""Invoke functions from Python: the same checks, queue and answers as `headwater invoke`.
+
+    client = Client(load_config("headwater.yaml"), "redis://localhost:6379/0")
+    client.invoke("resize", {"key": "cat.png"}, InvocationType.EVENT)   # 202 and a request id
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis
+
+from broker import keys, metrics, payload, records
+from broker.config import Config, Function
+from broker.errors import FunctionNotFound, InvocationTimedOut, TooManyRequests
+from broker.model import Invocation, InvocationType, Status
+from broker.queue import InvocationQueue
+
+QUEUE_WAIT_ALLOWANCE_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class InvokeResponse:
+    """Lambda's Invoke answer: 202 (queued), 200 (ran; see `function_error`) or 204 (dry run)."""
+
+    status_code: int
+    request_id: str
+    payload: str | None = None
+    function_error: str | None = None
+    executed_version: str | None = None
+
+    def json(self) -> Any:
+        return None if self.payload is None else json.loads(self.payload)
+
+
+class Client:
+    def __init__(self, config: Config, redis: Redis | str) -> None:
+        self.config = config
+        self.redis = Redis.from_url(redis) if isinstance(redis, str) else redis
+        self.queue = InvocationQueue(self.redis)
+
+    def invoke(
+        self,
+        function_name: str,
+        event: Any,
+        invocation_type: InvocationType | str = InvocationType.REQUEST_RESPONSE,
+        client_context: str | None = None,
+        timeout_seconds: float | None = None,
+    ) -> InvokeResponse:
+        kind = InvocationType(invocation_type)
+        function = self._function(function_name)
+        text = payload.check(payload.to_text(event), kind)
+        if kind is InvocationType.DRY_RUN:
+            return InvokeResponse(204, "")
+        if kind is InvocationType.EVENT:
+            invocation = Invocation(function_name, text, kind, trigger="async")
+            self.queue.enqueue(invocation)
+            metrics.ASYNC_RECEIVED.labels(function_name).inc()
+            return InvokeResponse(202, invocation.request_id)
+        return self._call(function, text, client_context, timeout_seconds)
+
+    def _call(self, function: Function, text: str, client_context: str | None, timeout: float | None) -> InvokeResponse:
+        name = function.function_name
+        if function.reserved_concurrent_executions == 0:
+            metrics.THROTTLES.labels(name, "function_limit").inc()
+            raise TooManyRequests("Rate Exceeded.", "ReservedFunctionConcurrentInvocationLimitExceeded")
+        invocation = Invocation(name, text, InvocationType.REQUEST_RESPONSE, trigger="sync", client_context=client_context)
+        invocation = invocation.replace(reply_to=keys.reply(invocation.request_id))
+        assert invocation.reply_to is not None
+        self.queue.enqueue(invocation)
+        wait = timeout if timeout is not None else function.timeout + QUEUE_WAIT_ALLOWANCE_SECONDS
+        result = self.queue.wait_for_reply(invocation.reply_to, wait)
+        if result is None:
+            raise InvocationTimedOut(f"no result for {invocation.request_id} within {wait:.0f} s; it may still run")
+        if result.status is Status.THROTTLED:
+            raise TooManyRequests("Rate Exceeded.", json.loads(result.payload)["Reason"])
+        return InvokeResponse(200, result.request_id, result.payload, result.function_error, result.executed_version)
+
+    def _function(self, name: str) -> Function:
+        function = self.config.function(name)
+        if function is None:
+            settings = self.config.headwater
+            arn = records.function_arn(settings.region, settings.account_id, name)
+            raise FunctionNotFound(f"Function not found: {arn}")
+        return function

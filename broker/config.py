@@ -1,0 +1,182 @@
+"""The one configuration model, read by the config file, the CLI and the Python client alike.
+
+Field names are Lambda's own (`FunctionName`, `EventInvokeConfig`, ...) so a Lambda user recognises
+them; Python code reads them in snake_case. Unknown keys are errors: a typo must never be silently
+ignored. Connection settings come from the environment (12-factor), never from the shared file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from broker import destinations
+from broker.errors import ConfigError
+from broker.mapping import EventSourceMapping
+from broker.schema import Model
+
+HANDLER_PATTERN = re.compile(r"^[A-Za-z_][\w]*(?:[./][A-Za-z_]\w*)*[.:][A-Za-z_]\w*$")
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class Destination(Model):
+    destination: str | None = None
+
+    @field_validator("destination")
+    @classmethod
+    def _known_kind(cls, value: str | None) -> str | None:
+        if value:
+            destinations.kind_for(value)  # raises ValueError naming the accepted forms
+        return value or None
+
+
+class DestinationConfig(Model):
+    on_success: Destination = Destination()
+    on_failure: Destination = Destination()
+
+
+class EventInvokeConfig(Model):
+    maximum_retry_attempts: Annotated[int, Field(ge=0, le=2)] = 2
+    maximum_event_age_in_seconds: Annotated[int, Field(ge=60, le=21600)] = 21600
+    destination_config: DestinationConfig = DestinationConfig()
+
+
+class DeadLetterConfig(Model):
+    target_arn: str | None = None
+
+    @field_validator("target_arn")
+    @classmethod
+    def _known_kind(cls, value: str | None) -> str | None:
+        if value:
+            destinations.kind_for(value)
+        return value or None
+
+
+class Environment(Model):
+    variables: dict[str, str] = {}
+
+
+class Function(Model):
+    function_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    handler: str
+    timeout: Annotated[int, Field(ge=1, le=900)] = 3
+    memory_size: Annotated[int, Field(ge=128, le=10240)] = 128
+    environment: Environment = Environment()
+    reserved_concurrent_executions: Annotated[int, Field(ge=0)] | None = None
+    dead_letter_config: DeadLetterConfig = DeadLetterConfig()
+    event_invoke_config: EventInvokeConfig = EventInvokeConfig()
+
+    @field_validator("handler")
+    @classmethod
+    def _handler_shape(cls, value: str) -> str:
+        if not HANDLER_PATTERN.match(value):
+            raise ValueError(
+                "must be 'package.module.function' (as Lambda writes it) or 'package.module:function'"
+            )
+        return value
+
+    @property
+    def module_and_attribute(self) -> tuple[str, str]:
+        """Split the handler string; `/` in the module path becomes `.`, as Lambda's runtime does."""
+        if ":" in self.handler:
+            module, attribute = self.handler.rsplit(":", 1)
+        else:
+            module, attribute = self.handler.rsplit(".", 1)
+        return module.replace("/", "."), attribute
+
+
+class Settings(Model):
+    """Headwater's own knobs; Lambda has no name for them. Delays are short-able for tests."""
+
+    async_retry_delays_seconds: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=2)] = [
+        60.0,
+        120.0,
+    ]
+    throttle_backoff_initial_seconds: Annotated[float, Field(gt=0)] = 1.0
+    throttle_backoff_max_seconds: Annotated[float, Field(gt=0)] = 300.0
+    destination_retry_max_seconds: Annotated[float, Field(gt=0)] = 300.0
+    region: str = "us-east-1"
+    account_id: Annotated[str, Field(pattern=r"^\d{12}$")] = "000000000000"
+
+
+class Config(Model):
+    functions: list[Function] = []
+    event_source_mappings: list[EventSourceMapping] = []
+    headwater: Settings = Settings()
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Config:
+        names = [function.function_name for function in self.functions]
+        duplicated = sorted({name for name in names if names.count(name) > 1})
+        if duplicated:
+            raise ValueError(f"FunctionName must be unique; repeated: {', '.join(duplicated)}")
+        known = set(names)
+        for mapping in self.event_source_mappings:
+            if mapping.function_name not in known:
+                raise ValueError(
+                    f"EventSourceMappings: FunctionName {mapping.function_name!r} is not one of the Functions "
+                    f"({', '.join(sorted(known)) or 'none defined'})"
+                )
+        for function in self.functions:
+            self._check_function_destinations(function, known)
+        return self
+
+    @staticmethod
+    def _check_function_destinations(function: Function, known: set[str]) -> None:
+        config = function.event_invoke_config.destination_config
+        for target in (config.on_success.destination, config.on_failure.destination):
+            target_function = destinations.function_name_of(target) if target else None
+            if target_function is not None and target_function not in known:
+                raise ValueError(
+                    f"Functions: {function.function_name}: destination {target!r} names an unknown function"
+                )
+
+    def function(self, name: str) -> Function | None:
+        return next((f for f in self.functions if f.function_name == name), None)
+
+
+def redis_url() -> str:
+    return os.environ.get("HEADWATER_REDIS_URL", DEFAULT_REDIS_URL)
+
+
+def parse_config(document: Any, source: str = "configuration") -> Config:
+    """Validate a parsed document, reporting every problem at once with its path, value and rule."""
+    if document is None:
+        document = {}
+    try:
+        return Config.model_validate(document)
+    except ValidationError as error:
+        raise ConfigError([_describe(problem) for problem in error.errors()], source) from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load from `path`, else `$HEADWATER_CONFIG`; YAML syntax errors name the line."""
+    chosen = path or os.environ.get("HEADWATER_CONFIG")
+    if not chosen:
+        raise ConfigError(["no configuration: pass --config PATH or set HEADWATER_CONFIG"])
+    file = Path(chosen)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError([f"cannot read {file}: {error.strerror}"], str(file)) from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError([f"not valid YAML: {error}"], str(file)) from None
+    return parse_config(document, str(file))
+
+
+def _describe(problem: Any) -> str:
+    path = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+    message = problem["msg"]
+    if problem["type"] == "extra_forbidden":
+        message = "unknown key (check its spelling against Lambda's field names)"
+    if problem["type"] == "missing":
+        return f"{path}: required"
+    value = problem.get("input")
+    return f"{path}: {message} (got {value!r})"

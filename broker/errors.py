@@ -1,0 +1,92 @@
+"""Every error Headwater raises on purpose, in one tree.
+
+    HeadwaterError                     retryable: may the same call succeed later?
+    ├── ConfigError                    no   the configuration file or model is invalid
+    ├── InvokeError                         an Invoke request was refused (Lambda's 4xx family)
+    │   ├── FunctionNotFound           no   ResourceNotFoundException (404)
+    │   ├── InvalidRequestContent      no   InvalidRequestContentException (400): not JSON
+    │   ├── RequestTooLarge            no   RequestEntityTooLargeException (413)
+    │   ├── InvalidParameterValue      no   InvalidParameterValueException (400)
+    │   └── TooManyRequests            yes  TooManyRequestsException (429): throttled
+    ├── InvocationTimedOut             yes  a RequestResponse caller gave up waiting
+    └── DestinationError               yes  a destination or DLQ could not be written
+
+Each error carries Lambda's `code` and HTTP `status`, so the CLI, the Python client and any API
+speak the same error language as a Lambda user already knows.
+"""
+
+from __future__ import annotations
+
+
+class HeadwaterError(Exception):
+    """Base of every deliberate error; `retryable` tells a caller whether to try again."""
+
+    code = "ServiceException"
+    status = 500
+    retryable = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(HeadwaterError):
+    """The configuration is invalid; `problems` lists each one with its path, value and rule."""
+
+    code = "InvalidConfiguration"
+    status = 400
+
+    def __init__(self, problems: list[str], source: str = "configuration") -> None:
+        self.problems = problems
+        self.source = source
+        listing = "\n".join(f"  - {problem}" for problem in problems)
+        super().__init__(f"{source}: {len(problems)} error(s)\n{listing}")
+
+
+class InvokeError(HeadwaterError):
+    """An Invoke request refused before anything was enqueued."""
+
+    status = 400
+
+
+class FunctionNotFound(InvokeError):
+    code = "ResourceNotFoundException"
+    status = 404
+
+
+class InvalidRequestContent(InvokeError):
+    code = "InvalidRequestContentException"
+
+
+class RequestTooLarge(InvokeError):
+    code = "RequestEntityTooLargeException"
+    status = 413
+
+
+class InvalidParameterValue(InvokeError):
+    code = "InvalidParameterValueException"
+
+
+class TooManyRequests(InvokeError):
+    code = "TooManyRequestsException"
+    status = 429
+    retryable = True
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class InvocationTimedOut(HeadwaterError):
+    """No result came back in time; the invocation itself may still run (at-least-once)."""
+
+    code = "InvocationTimedOut"
+    status = 504
+    retryable = True
+
+
+class DestinationError(HeadwaterError):
+    """A record could not be written to its destination; the event is kept and retried."""
+
+    code = "DestinationDeliveryFailure"
+    retryable = True

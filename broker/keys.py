@@ -1,0 +1,47 @@
+"""Every Redis key Headwater writes, built in one place.
+
+Function queues are rq queues (`rq:queue:headwater.<function>`), so rq's own tools can see them;
+the rest is ours. Entries in processing lists and the schedule are `<queue name>\\t<job id>`, so
+any process can put a job back where it came from without reading the job.
+"""
+
+from __future__ import annotations
+
+PREFIX = "headwater"
+QUEUE_PREFIX = f"{PREFIX}."
+RQ_QUEUE_KEY_PREFIX = "rq:queue:"
+RQ_JOB_KEY_PREFIX = "rq:job:"
+WAKE = f"{PREFIX}:wake"  # tokens that wake idle workers when work arrives
+SCHEDULED = f"{PREFIX}:scheduled"  # zset: entry -> due time (retries, throttle backoff)
+WORKERS = f"{PREFIX}:workers"  # zset: worker id -> heartbeat deadline
+STARTS_FIELD = "headwater_starts"  # on the rq job hash: how many times a worker began running it
+ENTRY_SEPARATOR = "\t"
+
+
+def queue_name(function_name: str) -> str:
+    return f"{QUEUE_PREFIX}{function_name}"
+
+
+def function_of_queue(name: str) -> str:
+    return name.removeprefix(QUEUE_PREFIX)
+
+
+def processing(worker_id: str) -> str:
+    return f"{PREFIX}:processing:{worker_id}"
+
+
+def concurrency(function_name: str) -> str:
+    return f"{PREFIX}:concurrency:{function_name}"
+
+
+def reply(request_id: str) -> str:
+    return f"{PREFIX}:reply:{request_id}"
+
+
+def entry(queue: str, job_id: str) -> str:
+    return f"{queue}{ENTRY_SEPARATOR}{job_id}"
+
+
+def split_entry(value: str) -> tuple[str, str]:
+    queue, job_id = value.split(ENTRY_SEPARATOR, 1)
+    return queue, job_id

@@ -1,0 +1,1 @@
+"""Example handlers used by `headwater dev` and the README."""

@@ -1,0 +1,85 @@
+"""The `context` object a Lambda handler receives, with the attributes Lambda's Python runtime gives."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class CognitoIdentity:
+    """Always present, as on Lambda; both fields are None without a Cognito caller."""
+
+    cognito_identity_id: str | None = None
+    cognito_identity_pool_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Client:
+    installation_id: str | None = None
+    app_title: str | None = None
+    app_version_name: str | None = None
+    app_version_code: str | None = None
+    app_package_name: str | None = None
+
+
+@dataclass(frozen=True)
+class ClientContext:
+    client: Client | None = None
+    custom: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, Any] = field(default_factory=dict)
+
+
+class LambdaContext:
+    """Built once per invocation inside the execution environment."""
+
+    def __init__(
+        self,
+        *,
+        aws_request_id: str,
+        function_name: str,
+        function_version: str,
+        invoked_function_arn: str,
+        memory_limit_in_mb: str,
+        log_group_name: str,
+        log_stream_name: str,
+        deadline_epoch_ms: int,
+        client_context: ClientContext | None = None,
+    ) -> None:
+        self.aws_request_id = aws_request_id
+        self.function_name = function_name
+        self.function_version = function_version
+        self.invoked_function_arn = invoked_function_arn
+        self.memory_limit_in_mb = memory_limit_in_mb  # a string, as on Lambda
+        self.log_group_name = log_group_name
+        self.log_stream_name = log_stream_name
+        self.identity = CognitoIdentity()
+        self.client_context = client_context
+        self.tenant_id: str | None = None
+        self._deadline_epoch_ms = deadline_epoch_ms
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, self._deadline_epoch_ms - int(time.time() * 1000))
+
+    def log(self, message: str) -> None:
+        sys.stdout.write(message if message.endswith("\n") else message + "\n")
+
+    def __repr__(self) -> str:
+        return f"LambdaContext(aws_request_id={self.aws_request_id!r}, function_name={self.function_name!r})"
+
+
+def parse_client_context(encoded: str | None) -> ClientContext | None:
+    """X-Amz-Client-Context is base64 JSON; a sync caller may pass it, async events never carry it."""
+    if not encoded:
+        return None
+    document = json.loads(base64.b64decode(encoded))
+    client = document.get("client")
+    return ClientContext(
+        client=Client(**{k: v for k, v in client.items() if k in Client.__dataclass_fields__}) if client else None,
+        custom=document.get("custom") or {},
+        env=document.get("env") or {},
+    )

@@ -1,0 +1,161 @@
+"""Warm execution environments: one sandbox process per function per worker, reused until it fails.
+
+The INIT phase (importing the handler) happens once per environment and is counted as a cold
+start. A timeout or a crash discards the environment, as Lambda does, and the next invocation of
+that function starts a fresh one.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+
+from broker import metrics
+from broker.config import Function
+from broker.logs import get_logger
+from broker.model import Invocation, Result, Status
+from workers import sandbox
+
+POLL_SLICE_SECONDS = 0.25
+log = get_logger(__name__)
+
+
+class Aborted(Exception):
+    """The worker was told to stop hard while this invocation ran; the job is handed back."""
+
+
+class Environment:
+    """One sandbox for one function; `invoke` enforces the timeout by killing the sandbox."""
+
+    def __init__(self, function: Function, function_arn: str, context: BaseContext, worker_tag: str) -> None:
+        self.function = function
+        self.function_arn = function_arn
+        self._context = context
+        self._worker_tag = worker_tag
+        self._process: BaseProcess | None = None
+        self._connection: Connection | None = None
+
+    def invoke(self, invocation: Invocation, should_abort: Callable[[], bool]) -> Result:
+        connection = self._ensure_started()
+        deadline = time.time() + self.function.timeout
+        request = {
+            "request_id": invocation.request_id,
+            "payload": invocation.payload,
+            "deadline_ms": int(deadline * 1000),
+            "client_context": invocation.client_context,
+        }
+        connection.send_bytes(json.dumps(request).encode())
+        while not connection.poll(min(POLL_SLICE_SECONDS, max(0.0, deadline - time.time()))):
+            if should_abort():
+                self.discard()
+                raise Aborted(invocation.request_id)
+            if time.time() >= deadline:
+                return self._timed_out(invocation)
+        try:
+            answer = json.loads(connection.recv_bytes())
+        except (EOFError, OSError):
+            return self._exited(invocation)
+        if answer["status"] != "success":
+            self.discard_if_init_failed(answer)
+        return Result(
+            request_id=invocation.request_id,
+            status=Status(answer["status"]),
+            payload=answer["payload"],
+            error_type=answer["error_type"],
+            duration_seconds=answer.get("duration_seconds", 0.0),
+        )
+
+    def discard_if_init_failed(self, answer: dict[str, object]) -> None:
+        if str(answer["error_type"]).startswith("Runtime.") and self._process is not None:
+            self._process.join(timeout=1)
+            if not self._process.is_alive():
+                self.discard()
+
+    def discard(self) -> None:
+        """Kill the sandbox; the next invocation starts (and counts) a cold start."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.join(timeout=5)
+        if self._connection is not None:
+            self._connection.close()
+        self._process = self._connection = None
+
+    def _ensure_started(self) -> Connection:
+        if self._connection is not None and self._process is not None and self._process.is_alive():
+            return self._connection
+        self.discard()
+        module, attribute = self.function.module_and_attribute
+        spec = {
+            "function_name": self.function.function_name,
+            "function_arn": self.function_arn,
+            "memory_size": self.function.memory_size,
+            "module": module,
+            "attribute": attribute,
+            "log_group_name": f"/aws/lambda/{self.function.function_name}",
+            "log_stream_name": f"{time.strftime('%Y/%m/%d')}/[$LATEST]{self._worker_tag}",
+            "environment": self._environment_variables(),
+        }
+        parent, child = self._context.Pipe()
+        process = self._context.Process(target=sandbox.serve, args=(child, json.dumps(spec)), daemon=True)
+        process.start()
+        child.close()
+        self._process, self._connection = process, parent
+        metrics.COLD_STARTS.labels(self.function.function_name).inc()
+        return parent
+
+    def _environment_variables(self) -> dict[str, str]:
+        name = self.function.function_name
+        return {
+            "AWS_LAMBDA_FUNCTION_NAME": name,
+            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.function.memory_size),
+            "AWS_LAMBDA_FUNCTION_TIMEOUT": str(self.function.timeout),
+            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{name}",
+            "_HANDLER": self.function.handler,
+            **self.function.environment.variables,
+        }
+
+    def _timed_out(self, invocation: Invocation) -> Result:
+        self.discard()
+        seconds = f"{self.function.timeout:.2f}"
+        log.error(f"Task timed out after {seconds} seconds")
+        body = {"errorType": "Sandbox.Timedout", "errorMessage": f"RequestId: {invocation.request_id} Error: Task timed out after {seconds} seconds"}
+        return Result(invocation.request_id, Status.FUNCTION_ERROR, json.dumps(body), "Sandbox.Timedout", self.function.timeout)
+
+    def _exited(self, invocation: Invocation) -> Result:
+        code = self._process.exitcode if self._process is not None else None
+        self.discard()
+        reason = "Runtime exited without providing a reason" if not code else f"Runtime exited with error: exit status {code}"
+        log.error(reason)
+        body = {"errorType": "Runtime.ExitError", "errorMessage": f"RequestId: {invocation.request_id} Error: {reason}"}
+        return Result(invocation.request_id, Status.FUNCTION_ERROR, json.dumps(body), "Runtime.ExitError")
+
+
+class Runtime:
+    """All the warm environments of one worker process, created on first use."""
+
+    def __init__(self, function_arn: Callable[[str], str], worker_tag: str) -> None:
+        self._function_arn = function_arn
+        self._worker_tag = worker_tag
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(["workers.sandbox"])
+        self._environments: dict[str, Environment] = {}
+
+    def invoke(self, function: Function, invocation: Invocation, should_abort: Callable[[], bool]) -> Result:
+        environment = self._environments.get(function.function_name)
+        if environment is None or environment.function != function:
+            if environment is not None:
+                environment.discard()
+            environment = Environment(function, self._function_arn(function.function_name), self._context, self._worker_tag)
+            self._environments[function.function_name] = environment
+        return environment.invoke(invocation, should_abort)
+
+    def close(self) -> None:
+        for environment in self._environments.values():
+            environment.discard()
+        self._environments.clear()
