@@ -6,7 +6,9 @@ names a specific source. The runtime side of a source (its poller) lives in the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -109,3 +111,120 @@ def stream_rules(mapping: EventSourceMapping, positions: tuple[str, ...]) -> lis
 
 def _pascal(field: str) -> str:
     return "".join(part.capitalize() for part in field.split("_"))
+
+
+# -- the runtime side ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One record a poller holds, already in Lambda's shape for its source.
+
+    `item_id` is what a handler names in `batchItemFailures` (an SQS messageId, a Kinesis sequence
+    number, a Kafka `{"partition": "topic-p", "offset": n}` rendered as `topic-p@n`). `lane` is the
+    ordering lane (FIFO message group, Kafka topic-partition, shard); None means no order to keep.
+    `filter_view` is what FilterCriteria patterns are matched against (Lambda decodes JSON bodies).
+    `handle` is private to the source (receipt handle, offset...).
+    """
+
+    item_id: str
+    lane: str | None
+    event: dict[str, Any]
+    size_bytes: int
+    arrived_at: float
+    filter_view: dict[str, Any]
+    handle: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Records of one mapping sent to one invocation; all from one lane when the source has lanes."""
+
+    records: tuple[Record, ...]
+    lane: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(record.size_bytes for record in self.records)
+
+
+class Source(ABC):
+    """A running event source for one mapping: read batches, shape events, settle outcomes.
+
+    The acknowledgement contract (at-least-once):
+    - `settle(batch, failed)` is called exactly once per batch, only when its outcome is final:
+      the invocation succeeded, or its failures were handed to where they go next (for a queue,
+      back to the queue; for a log, the on-failure destination after the retries). `failed` holds
+      the `item_id`s that did not succeed; every other record of the batch is done.
+    - A queue source (`retries_in_place = False`, SQS) deletes the done records and leaves the
+      failed ones to reappear after their visibility timeout; the queue's redrive policy decides.
+    - A log source (`retries_in_place = True`, Kafka, Kinesis, DynamoDB) is only settled once the
+      poller has retried and routed failures; it then commits past the whole batch.
+    - A source never acknowledges a record it was not told to settle; a crash between read and
+      settle means the records come back (duplicates are possible, loss is not). Handlers must
+      therefore be idempotent, as on Lambda.
+    - `read_batch` never returns a lane that has a batch in flight (order per lane, retries
+      included), and returns None when nothing arrived within its wait.
+    """
+
+    retries_in_place: ClassVar[bool] = False
+
+    def __init__(self, mapping: EventSourceMapping, context: SourceContext) -> None:
+        self.mapping = mapping
+        self.context = context
+
+    async def start(self) -> None:
+        """Connect and check the source; raise ConfigError for what Lambda would refuse."""
+
+    @abstractmethod
+    async def read_batch(self) -> Batch | None: ...
+
+    @abstractmethod
+    def event(self, batch: Batch) -> dict[str, Any]:
+        """The invocation event for a batch, exactly as Lambda builds it for this source."""
+
+    @abstractmethod
+    async def settle(self, batch: Batch, failed: frozenset[str]) -> None: ...
+
+    def desired_concurrency(self, backlog_hint: int) -> int:
+        """How many batches may be in flight at once now (lanes, scaling limits)."""
+        return 1
+
+    async def keep_alive(self, batches: list[Batch]) -> None:
+        """Called every few seconds for batches in flight (extend SQS visibility; heartbeat)."""
+
+    def failure_record_info(self, batch: Batch) -> dict[str, Any]:
+        """The source's part of an on-failure record (`KafkaBatchInfo`, `KinesisBatchInfo`...)."""
+        return {}
+
+    async def stop(self) -> None:
+        """Release the source; batches not settled are left to come back (never acknowledged)."""
+
+
+@dataclass(frozen=True)
+class SourceContext:
+    """What a running source may use, handed in by the poller supervisor."""
+
+    aws_session: Any
+    region: str
+    function_timeout_seconds: int
+    kafka_bootstrap_servers: str | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+_RUNTIMES: dict[str, type[Source]] = {}
+
+
+def runtime(kind: type[SourceKind]) -> Callable[[type[Source]], type[Source]]:
+    """Register the poller-side class of a source kind (same module as the kind)."""
+
+    def decorate(source: type[Source]) -> type[Source]:
+        _RUNTIMES[kind.name] = source
+        return source
+
+    return decorate
+
+
+def runtime_for(mapping: EventSourceMapping) -> type[Source] | None:
+    return _RUNTIMES.get(mapping.source_kind)
