@@ -100,6 +100,9 @@ class Settings(Model):
     throttle_backoff_initial_seconds: Annotated[float, Field(gt=0)] = 1.0
     throttle_backoff_max_seconds: Annotated[float, Field(gt=0)] = 300.0
     destination_retry_max_seconds: Annotated[float, Field(gt=0)] = 300.0
+    # How long a silent worker is trusted before its jobs are handed to others (a dead worker's
+    # invocations wait at most this long, plus a few seconds, before they run again).
+    worker_heartbeat_ttl_seconds: Annotated[float, Field(ge=2)] = 15.0
     region: str = "us-east-1"
     account_id: Annotated[str, Field(pattern=r"^\d{12}$")] = "000000000000"
 

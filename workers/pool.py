@@ -31,7 +31,7 @@ log = get_logger(__name__)
 
 def worker_main(config_json: str, redis_url: str, function_names: list[str], grace_seconds: float, prefetch: int) -> None:
     """Entry point of one worker process (started with the spawn method, so nothing is inherited)."""
-    logs.configure()
+    logs.configure(os.environ.get("HEADWATER_LOG_LEVEL", "INFO"))
     from workers.worker import Worker  # imported here so prometheus-client sees the multiprocess directory
 
     config = parse_config(json.loads(config_json))
@@ -61,6 +61,7 @@ class Pool:
         self._restarts = [0] * processes
         self._context = multiprocessing.get_context("spawn")
         self._stopping = False
+        self._metrics_directory = tempfile.mkdtemp(prefix="headwater-metrics-")
 
     def stop(self, *_: object) -> None:
         if not self._stopping:
@@ -71,8 +72,7 @@ class Pool:
         return not self._stopping and all(p is not None and p.is_alive() for p in self._slots)
 
     def run(self) -> None:
-        directory = tempfile.mkdtemp(prefix="headwater-metrics-")
-        os.environ["PROMETHEUS_MULTIPROCESS_DIR"] = directory
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = self._metrics_directory
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         server = self._serve_metrics() if self.metrics_port is not None else None
@@ -84,7 +84,7 @@ class Pool:
         finally:
             if server is not None:
                 server.shutdown()
-            shutil.rmtree(directory, ignore_errors=True)
+            shutil.rmtree(self._metrics_directory, ignore_errors=True)
             log.info("pool stopped")
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -95,7 +95,7 @@ class Pool:
             if process is not None and process.is_alive():
                 continue
             if process is not None:
-                multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
+                multiprocess.mark_process_dead(process.pid, self._metrics_directory)  # type: ignore[no-untyped-call]
                 self._restarts[slot] += 1
                 log.error("worker process died; restarting", slot=slot, exit_code=process.exitcode)
                 time.sleep(min(RESTART_BACKOFF_MAX_SECONDS, 0.5 * 2 ** min(self._restarts[slot], 6)))
@@ -120,11 +120,11 @@ class Pool:
                 log.error("worker did not stop in time; killed (its jobs return via heartbeat recovery)")
                 process.kill()
                 process.join()
-            multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
+            multiprocess.mark_process_dead(process.pid, self._metrics_directory)  # type: ignore[no-untyped-call]
 
     def _serve_metrics(self) -> object:
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        multiprocess.MultiProcessCollector(registry, path=self._metrics_directory)  # type: ignore[no-untyped-call]
         redis = Redis.from_url(self.redis_url, socket_timeout=2)
 
         def depths() -> dict[str, int]:

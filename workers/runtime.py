@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -99,6 +100,7 @@ class Environment:
             "log_group_name": f"/aws/lambda/{self.function.function_name}",
             "log_stream_name": f"{time.strftime('%Y/%m/%d')}/[$LATEST]{self._worker_tag}",
             "environment": self._environment_variables(),
+            "worker_pid": os.getpid(),
         }
         parent, child = self._context.Pipe()
         process = self._context.Process(target=sandbox.serve, args=(child, json.dumps(spec)), daemon=True)

@@ -14,7 +14,9 @@ import io
 import json
 import logging
 import os
+import select
 import sys
+import threading
 import time
 import traceback
 from datetime import UTC, datetime
@@ -29,6 +31,7 @@ _current = {"request_id": "", "function": ""}
 def serve(connection: Connection, spec_json: str) -> None:
     """Entry point of the child: INIT once, then answer invocations until the pipe closes."""
     spec = json.loads(spec_json)
+    _die_with_worker(spec["worker_pid"])
     _current["function"] = spec["function_name"]
     os.environ.update(spec["environment"])
     _capture_output()
@@ -42,6 +45,23 @@ def serve(connection: Connection, spec_json: str) -> None:
             connection.send_bytes(json.dumps(init_error).encode())
             return
         connection.send_bytes(json.dumps(_invoke(handler, spec, request)).encode())
+
+
+def _die_with_worker(worker_pid: int) -> None:
+    """A sandbox must not outlive its worker: a killed worker's invocation is cut off, not left
+    running unseen while the job runs again elsewhere. The sandbox's parent is the forkserver,
+    which itself stays up while any sandbox lives, so we watch the worker directly: a pidfd
+    becomes readable when that process ends."""
+    try:
+        watched = os.pidfd_open(worker_pid)
+    except (AttributeError, OSError):  # no pidfd (old kernel): the worker's heartbeat still recovers the job
+        return
+
+    def watch() -> None:
+        select.select([watched], [], [])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="worker-watch", daemon=True).start()
 
 
 def _load_handler(module_name: str, attribute: str) -> tuple[Any, dict[str, Any] | None]:

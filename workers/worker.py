@@ -31,9 +31,7 @@ from workers.invoke import Followup, Invoker
 from workers.outcomes import OutcomeRouter
 from workers.runtime import Aborted, Runtime
 
-HEARTBEAT_SECONDS = 1.0
-HEARTBEAT_TTL_SECONDS = 15.0
-RECOVERY_EVERY_SECONDS = 5.0
+HEARTBEAT_SECONDS = 0.5
 IDLE_WAIT_SECONDS = 1.0
 log = get_logger(__name__)
 
@@ -90,7 +88,7 @@ class Worker:
     def run(self) -> None:
         """Serve until stopped; on return nothing is held by this worker."""
         log.info("worker started", worker_id=self.id, functions=self.function_names)
-        self.queue.heartbeat(self.id, HEARTBEAT_TTL_SECONDS)
+        self.queue.heartbeat(self.id, self.config.headwater.worker_heartbeat_ttl_seconds)
         housekeeping = threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True)
         housekeeping.start()
         metrics.WORKERS.labels("idle").set(1)
@@ -165,12 +163,13 @@ class Worker:
         log.info("worker stopped", worker_id=self.id)
 
     def _housekeeping(self) -> None:
+        ttl = self.config.headwater.worker_heartbeat_ttl_seconds
         last_recovery = 0.0
         while not self._stopped.wait(HEARTBEAT_SECONDS):
             try:
-                self.queue.heartbeat(self.id, HEARTBEAT_TTL_SECONDS)
+                self.queue.heartbeat(self.id, ttl)
                 self.queue.promote_due()
-                if time.monotonic() - last_recovery > RECOVERY_EVERY_SECONDS:
+                if time.monotonic() - last_recovery > ttl / 3:
                     last_recovery = time.monotonic()
                     recovered = self.queue.recover_dead_workers()
                     if recovered:

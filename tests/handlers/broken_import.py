@@ -1,0 +1,7 @@
+"""A handler module whose INIT fails, as a module with a missing dependency does."""
+
+import a_module_that_does_not_exist  # noqa: F401
+
+
+def handler(event: object, context: object) -> None:
+    return None

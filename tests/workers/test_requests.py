@@ -1,0 +1,88 @@
+"""Invoke requests refused before anything is enqueued: Lambda's limits and error codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from broker.client import Client
+from broker.config import parse_config
+from broker.errors import FunctionNotFound, InvalidRequestContent, RequestTooLarge
+from broker.model import InvocationType
+
+CONFIG = parse_config({"Functions": [{"FunctionName": "f", "Handler": "tests.handlers.core.record"}]})
+
+
+@pytest.fixture
+def client(redis_url):
+    return Client(CONFIG, redis_url)
+
+
+def nothing_enqueued(client: Client) -> bool:
+    return client.redis.dbsize() == 0
+
+
+def test_an_event_over_one_mebibyte_is_refused(client):
+    payload = json.dumps({"blob": "x" * (1_048_576 - 11)})
+    assert len(payload) == 1_048_577
+    with pytest.raises(RequestTooLarge) as refused:
+        client.invoke("f", payload, InvocationType.EVENT)
+    assert refused.value.status == 413 and refused.value.code == "RequestEntityTooLargeException"
+    assert str(refused.value) == "1048577 byte payload is too large for the Event invocation type (limit 1048576 bytes)"
+    assert nothing_enqueued(client)
+    assert client.invoke("f", payload, InvocationType.DRY_RUN).status_code == 204  # within the 6 MB sync limit
+
+
+def test_a_request_over_six_mebibytes_is_refused(client):
+    with pytest.raises(RequestTooLarge, match="Request must be smaller than 6291456 bytes"):
+        client.invoke("f", json.dumps("x" * 6_291_456), InvocationType.REQUEST_RESPONSE)
+    assert nothing_enqueued(client)
+
+
+def test_a_payload_that_is_not_json_is_refused(client):
+    with pytest.raises(InvalidRequestContent, match="Could not parse request body into json"):
+        client.invoke("f", "{not json", InvocationType.EVENT)
+    assert nothing_enqueued(client)
+
+
+def test_an_unknown_function_is_refused_with_its_arn(client):
+    with pytest.raises(FunctionNotFound) as refused:
+        client.invoke("nope", {}, InvocationType.EVENT)
+    assert refused.value.status == 404
+    assert str(refused.value) == "Function not found: arn:aws:lambda:us-east-1:000000000000:function:nope:$LATEST"
+    assert nothing_enqueued(client)
+
+
+def test_an_accepted_event_is_a_real_rq_job_serialised_as_json(client):
+    response = client.invoke("f", {"order": 1}, InvocationType.EVENT)
+    assert response.status_code == 202
+    [job_id] = client.redis.lrange("rq:queue:headwater.f", 0, -1)
+    job = client.redis.hgetall(b"rq:job:" + job_id)
+    assert job[b"origin"] == b"headwater.f"
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    restored = Job.fetch(job_id.decode(), connection=client.redis, serializer=JSONSerializer)
+    assert restored.func_name == "workers.invoke.run"
+    assert restored.args[0]["payload"] == '{"order": 1}'
+
+
+def test_the_cli_reads_file_payloads_and_reports_errors_in_one_line(redis_url, tmp_path, monkeypatch):
+    config = tmp_path / "c.yaml"
+    config.write_text("Functions:\n  - FunctionName: f\n    Handler: a.b\n")
+    event = tmp_path / "event.json"
+    event.write_text('{"from": "file"}')
+    env = {"HEADWATER_REDIS_URL": redis_url, "PATH": "/usr/bin:/bin"}
+
+    def cli(*arguments: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "broker.cli", *arguments, "--config", str(config)],
+                              capture_output=True, text=True, env=env, check=False)
+
+    done = cli("invoke", "f", "--payload", f"file://{event}", "--invocation-type", "Event")
+    assert done.returncode == 0 and json.loads(done.stdout)["StatusCode"] == 202
+    done = cli("invoke", "g", "--payload", "{}", "--invocation-type", "Event")
+    assert done.returncode == 2
+    assert done.stderr.strip() == "headwater: ResourceNotFoundException: Function not found: arn:aws:lambda:us-east-1:000000000000:function:g:$LATEST"
