@@ -40,23 +40,26 @@ def failed_items(
 
 def _reported(payload: str, item_id_of: Callable[[Any], str | None]) -> frozenset[str] | None:
     """The identifiers named as failed; None when the answer is malformed."""
+    failures = _failure_list(payload)
+    if failures is None:
+        return None
+    identifiers = [
+        item_id_of(failure.get("itemIdentifier")) if isinstance(failure, dict) else None for failure in failures
+    ]
+    if any(identifier is None for identifier in identifiers):
+        return None
+    return frozenset(identifier for identifier in identifiers if identifier is not None)
+
+
+def _failure_list(payload: str) -> list[Any] | None:
+    """`batchItemFailures` as a list (empty for every form of "all succeeded"); None if malformed."""
     try:
         answer = json.loads(payload) if payload else None
     except ValueError:
         return None
     if answer in (None, "", {}, []):
-        return frozenset()
-    if not isinstance(answer, dict):
-        return None
-    failures = answer.get("batchItemFailures")
-    if failures is None or failures == []:
-        return frozenset()
-    if not isinstance(failures, list):
-        return None
-    identifiers = set()
-    for failure in failures:
-        identifier = item_id_of(failure.get("itemIdentifier")) if isinstance(failure, dict) else None
-        if identifier is None:
-            return None
-        identifiers.add(identifier)
-    return frozenset(identifiers)
+        return []
+    failures = answer.get("batchItemFailures") if isinstance(answer, dict) else "malformed"
+    if failures is None:
+        return []
+    return failures if isinstance(failures, list) else None

@@ -1,7 +1,7 @@
 """Invoke functions from Python: the same checks, queue and answers as `headwater invoke`.
 
-    client = Client(load_config("headwater.yaml"), "redis://localhost:6379/0")
-    client.invoke("resize", {"key": "cat.png"}, InvocationType.EVENT)   # 202 and a request id
+client = Client(load_config("headwater.yaml"), "redis://localhost:6379/0")
+client.invoke("resize", {"key": "cat.png"}, InvocationType.EVENT)   # 202 and a request id
 """
 
 from __future__ import annotations
@@ -66,7 +66,9 @@ class Client:
         if function.reserved_concurrent_executions == 0:
             metrics.THROTTLES.labels(name, "function_limit").inc()
             raise TooManyRequests("Rate Exceeded.", "ReservedFunctionConcurrentInvocationLimitExceeded")
-        invocation = Invocation(name, text, InvocationType.REQUEST_RESPONSE, trigger="sync", client_context=client_context)
+        invocation = Invocation(
+            name, text, InvocationType.REQUEST_RESPONSE, trigger="sync", client_context=client_context
+        )
         invocation = invocation.replace(reply_to=keys.reply(invocation.request_id))
         assert invocation.reply_to is not None
         self.queue.enqueue(invocation)

@@ -58,7 +58,7 @@ class DeadLetterConfig(Model):
 
 
 class Environment(Model):
-    variables: dict[str, str] = {}
+    variables: dict[str, str] = Field(default_factory=dict)
 
 
 class Function(Model):
@@ -75,9 +75,7 @@ class Function(Model):
     @classmethod
     def _handler_shape(cls, value: str) -> str:
         if not HANDLER_PATTERN.match(value):
-            raise ValueError(
-                "must be 'package.module.function' (as Lambda writes it) or 'package.module:function'"
-            )
+            raise ValueError("must be 'package.module.function' (as Lambda writes it) or 'package.module:function'")
         return value
 
     @property
@@ -93,10 +91,9 @@ class Function(Model):
 class Settings(Model):
     """Headwater's own knobs; Lambda has no name for them. Delays are short-able for tests."""
 
-    async_retry_delays_seconds: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=2)] = [
-        60.0,
-        120.0,
-    ]
+    async_retry_delays_seconds: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=2)] = Field(
+        default_factory=lambda: [60.0, 120.0]
+    )
     throttle_backoff_initial_seconds: Annotated[float, Field(gt=0)] = 1.0
     throttle_backoff_max_seconds: Annotated[float, Field(gt=0)] = 300.0
     destination_retry_max_seconds: Annotated[float, Field(gt=0)] = 300.0
@@ -108,8 +105,8 @@ class Settings(Model):
 
 
 class Config(Model):
-    functions: list[Function] = []
-    event_source_mappings: list[EventSourceMapping] = []
+    functions: list[Function] = Field(default_factory=list)
+    event_source_mappings: list[EventSourceMapping] = Field(default_factory=list)
     headwater: Settings = Settings()
 
     @model_validator(mode="after")

@@ -44,8 +44,10 @@ def run(keep_running: bool = False) -> int:
     try:
         _demonstrate(config, redis.url)
         if keep_running:
-            print(f"\nServing. In another shell: HEADWATER_REDIS_URL={redis.url} "
-                  f"headwater invoke hello --config {config_path} --payload '{{\"name\": \"you\"}}'  (Ctrl-C stops)")
+            print(
+                f"\nServing. In another shell: HEADWATER_REDIS_URL={redis.url} "
+                f'headwater invoke hello --config {config_path} --payload \'{{"name": "you"}}\'  (Ctrl-C stops)'
+            )
             worker.wait()
     except KeyboardInterrupt:
         pass
@@ -67,7 +69,10 @@ def _demonstrate(config: Config, redis_url: str) -> None:
     client = Client(config, redis_url)
     _show("RequestResponse hello", client.invoke("hello", {"name": "Headwater"}))
     _show("RequestResponse slow (Timeout 1 s, sleeps 2 s)", client.invoke("slow", {"seconds": 2}))
-    _show("Event hello (on success: a record to its destination)", client.invoke("hello", {"name": "async"}, InvocationType.EVENT))
+    _show(
+        "Event hello (on success: a record to its destination)",
+        client.invoke("hello", {"name": "async"}, InvocationType.EVENT),
+    )
     failing = client.invoke("fail", {"order": 42}, InvocationType.EVENT)
     _show("Event fail (3 attempts, then dead-letter queue and on-failure destination)", failing)
     streams = _await_outcomes(Redis.from_url(redis_url))
@@ -82,13 +87,16 @@ def _await_outcomes(redis: Redis) -> dict[str, list[dict[str, str]]]:
     found: dict[str, list[dict[str, str]]] = {}
     while time.monotonic() < deadline:
         found = {
-            label: [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in redis.xrange(key)]
-            for label, key in STREAMS.items()
+            label: [_text_fields(fields) for _, fields in redis.xrange(key) or ()] for label, key in STREAMS.items()
         }
         if all(found.values()):
             break
         time.sleep(0.2)
     return found
+
+
+def _text_fields(fields: Any) -> dict[str, str]:
+    return {key.decode(): value.decode() for key, value in fields.items()}
 
 
 def _show(title: str, response: Any) -> None:

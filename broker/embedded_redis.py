@@ -56,10 +56,13 @@ class EmbeddedRedis:
         while time.monotonic() < deadline:
             try:
                 client.ping()
-                return
             except RedisConnectionError:
                 time.sleep(0.05)
-        raise HeadwaterError(f"redis-server did not start within {START_TIMEOUT_SECONDS:.0f} s; see {self.directory}/redis.log")
+            else:
+                return
+        raise HeadwaterError(
+            f"redis-server did not start within {START_TIMEOUT_SECONDS:.0f} s; see {self.directory}/redis.log"
+        )
 
 
 def _free_port() -> int:

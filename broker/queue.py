@@ -209,7 +209,7 @@ class InvocationQueue:
     def recover_dead_workers(self) -> int:
         """Hand back the jobs of every worker whose heartbeat lapsed; safe to run from many places."""
         recovered = 0
-        for member in self.redis.zrangebyscore(keys.WORKERS, "-inf", time.time()):
+        for member in cast(list[bytes], self.redis.zrangebyscore(keys.WORKERS, "-inf", time.time())):
             worker_id = _text(member)
             if self.redis.zrem(keys.WORKERS, worker_id):  # only one recoverer wins each dead worker
                 recovered += self.hand_back(worker_id)

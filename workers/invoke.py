@@ -55,18 +55,24 @@ class Invoker:
             if invocation.outcome is not None:
                 return self._deliver(function, invocation)
             if invocation.invocation_type is InvocationType.EVENT:
-                return self._run_event(function, invocation.replace(invoke_count=invocation.invoke_count + max(0, claim.starts - 1)), should_abort)
+                return self._run_event(
+                    function,
+                    invocation.replace(invoke_count=invocation.invoke_count + max(0, claim.starts - 1)),
+                    should_abort,
+                )
             return self._run_request(function, invocation, should_abort)
 
     # -- asynchronous events ----------------------------------------------------------------------
     def _run_event(self, function: Function, invocation: Invocation, should_abort: Callable[[], bool]) -> Followup:
         policy = function.event_invoke_config
-        if function.reserved_concurrent_executions == 0:
-            return self._decide(function, invocation, Condition.ZERO_RESERVED_CONCURRENCY, invoke_count=0)
-        if invocation.age_seconds > policy.maximum_event_age_in_seconds:
-            return self._decide(function, invocation, Condition.EVENT_AGE_EXCEEDED)
-        if invocation.invoke_count > policy.maximum_retry_attempts:  # the earlier runs died with their workers
-            return self._decide(function, invocation, Condition.RETRIES_EXHAUSTED)
+        discard = self._discard_before_running(function, invocation)
+        if discard is not None:
+            return self._decide(
+                function,
+                invocation,
+                discard,
+                invoke_count=0 if discard is Condition.ZERO_RESERVED_CONCURRENCY else None,
+            )
         result = self._run(function, invocation, should_abort)
         if result is None:
             delay = self._throttle_delay(invocation.throttle_count)
@@ -84,7 +90,20 @@ class Invoker:
             return Followup(enqueue=[(ran, delay)])
         return self._decide(function, ran, Condition.RETRIES_EXHAUSTED)
 
-    def _decide(self, function: Function, invocation: Invocation, condition: Condition, invoke_count: int | None = None) -> Followup:
+    @staticmethod
+    def _discard_before_running(function: Function, invocation: Invocation) -> Condition | None:
+        policy = function.event_invoke_config
+        if function.reserved_concurrent_executions == 0:
+            return Condition.ZERO_RESERVED_CONCURRENCY
+        if invocation.age_seconds > policy.maximum_event_age_in_seconds:
+            return Condition.EVENT_AGE_EXCEEDED
+        if invocation.invoke_count > policy.maximum_retry_attempts:  # the earlier runs died with their workers
+            return Condition.RETRIES_EXHAUSTED
+        return None
+
+    def _decide(
+        self, function: Function, invocation: Invocation, condition: Condition, invoke_count: int | None = None
+    ) -> Followup:
         outcome = Outcome(
             condition=condition,
             invoke_count=invocation.invoke_count if invoke_count is None else invoke_count,
@@ -100,11 +119,13 @@ class Invoker:
         pending = self._router.route(function, invocation)
         if pending is None:
             return Followup()
-        delay = min(2.0 ** pending.delivery_attempts, self.settings.destination_retry_max_seconds)
+        delay = min(2.0**pending.delivery_attempts, self.settings.destination_retry_max_seconds)
         return Followup(enqueue=[(pending, delay)])
 
     def _throttle_delay(self, throttles: int) -> float:
-        return min(self.settings.throttle_backoff_initial_seconds * 2.0**throttles, self.settings.throttle_backoff_max_seconds)
+        return min(
+            self.settings.throttle_backoff_initial_seconds * 2.0**throttles, self.settings.throttle_backoff_max_seconds
+        )
 
     # -- synchronous calls and event source batches -----------------------------------------------
     def _run_request(self, function: Function, invocation: Invocation, should_abort: Callable[[], bool]) -> Followup:
@@ -117,7 +138,10 @@ class Invoker:
     def _unknown_function(self, invocation: Invocation) -> Followup:
         log.error("function is not configured on this worker; event dropped")
         metrics.ASYNC_DROPPED.labels(invocation.function_name, "unknown_function").inc()
-        body = {"errorType": "ResourceNotFoundException", "errorMessage": f"Function not found: {invocation.function_name}"}
+        body = {
+            "errorType": "ResourceNotFoundException",
+            "errorMessage": f"Function not found: {invocation.function_name}",
+        }
         result = Result(invocation.request_id, Status.FUNCTION_ERROR, json.dumps(body), "ResourceNotFoundException")
         return Followup(reply=(invocation.reply_to, result) if invocation.reply_to else None)
 

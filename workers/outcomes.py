@@ -64,7 +64,13 @@ class OutcomeRouter:
             return [("on_success", target, body)] if target else []
         targets = []
         if function.dead_letter_config.target_arn:
-            targets.append(("dead_letter", function.dead_letter_config.target_arn, records.dead_letter_message(invocation, outcome)))
+            targets.append(
+                (
+                    "dead_letter",
+                    function.dead_letter_config.target_arn,
+                    records.dead_letter_message(invocation, outcome),
+                )
+            )
         if destinations.on_failure.destination:
             targets.append(("on_failure", destinations.on_failure.destination, body))
         return targets

@@ -14,6 +14,7 @@ import shutil
 import signal
 import tempfile
 import time
+from http.server import ThreadingHTTPServer
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
@@ -23,17 +24,18 @@ from redis import Redis
 from broker import keys, logs, metrics
 from broker.config import Config, parse_config
 from broker.logs import get_logger
+from workers.worker import Worker  # a spawned worker imports this with the metrics directory already set
 
 SUPERVISE_EVERY_SECONDS = 0.5
 RESTART_BACKOFF_MAX_SECONDS = 30.0
 log = get_logger(__name__)
 
 
-def worker_main(config_json: str, redis_url: str, function_names: list[str], grace_seconds: float, prefetch: int) -> None:
+def worker_main(
+    config_json: str, redis_url: str, function_names: list[str], grace_seconds: float, prefetch: int
+) -> None:
     """Entry point of one worker process (started with the spawn method, so nothing is inherited)."""
     logs.configure(os.environ.get("HEADWATER_LOG_LEVEL", "INFO"))
-    from workers.worker import Worker  # imported here so prometheus-client sees the multiprocess directory
-
     config = parse_config(json.loads(config_json))
     worker = Worker(config, redis_url, function_names, prefetch=prefetch, grace_seconds=grace_seconds)
     worker.install_signal_handlers()
@@ -45,6 +47,7 @@ class Pool:
         self,
         config: Config,
         redis_url: str,
+        *,
         processes: int = 1,
         function_names: list[str] | None = None,
         grace_seconds: float = 30.0,
@@ -102,7 +105,8 @@ class Pool:
             self._slots[slot] = self._start()
 
     def _start(self) -> BaseProcess:
-        config_json = self.config.model_dump_json(by_alias=True)
+        # exclude_unset: a field the file left out must stay unset, or a mapping's source rules refuse it
+        config_json = self.config.model_dump_json(by_alias=True, exclude_unset=True)
         args = (config_json, self.redis_url, self.function_names, self.grace_seconds, self.prefetch)
         process = self._context.Process(target=worker_main, args=args, name="headwater-worker")
         process.start()
@@ -122,7 +126,7 @@ class Pool:
                 process.join()
             multiprocess.mark_process_dead(process.pid, self._metrics_directory)  # type: ignore[no-untyped-call]
 
-    def _serve_metrics(self) -> object:
+    def _serve_metrics(self) -> ThreadingHTTPServer:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=self._metrics_directory)  # type: ignore[no-untyped-call]
         redis = Redis.from_url(self.redis_url, socket_timeout=2)

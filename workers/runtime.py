@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from multiprocessing.context import BaseContext
+from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
 
 from broker import metrics
@@ -26,14 +26,14 @@ POLL_SLICE_SECONDS = 0.25
 log = get_logger(__name__)
 
 
-class Aborted(Exception):
+class AbortedError(Exception):
     """The worker was told to stop hard while this invocation ran; the job is handed back."""
 
 
 class Environment:
     """One sandbox for one function; `invoke` enforces the timeout by killing the sandbox."""
 
-    def __init__(self, function: Function, function_arn: str, context: BaseContext, worker_tag: str) -> None:
+    def __init__(self, function: Function, function_arn: str, context: ForkServerContext, worker_tag: str) -> None:
         self.function = function
         self.function_arn = function_arn
         self._context = context
@@ -54,7 +54,7 @@ class Environment:
         while not connection.poll(min(POLL_SLICE_SECONDS, max(0.0, deadline - time.time()))):
             if should_abort():
                 self.discard()
-                raise Aborted(invocation.request_id)
+                raise AbortedError(invocation.request_id)
             if time.time() >= deadline:
                 return self._timed_out(invocation)
         try:
@@ -126,13 +126,22 @@ class Environment:
         self.discard()
         seconds = f"{self.function.timeout:.2f}"
         log.error(f"Task timed out after {seconds} seconds")
-        body = {"errorType": "Sandbox.Timedout", "errorMessage": f"RequestId: {invocation.request_id} Error: Task timed out after {seconds} seconds"}
-        return Result(invocation.request_id, Status.FUNCTION_ERROR, json.dumps(body), "Sandbox.Timedout", self.function.timeout)
+        body = {
+            "errorType": "Sandbox.Timedout",
+            "errorMessage": f"RequestId: {invocation.request_id} Error: Task timed out after {seconds} seconds",
+        }
+        return Result(
+            invocation.request_id, Status.FUNCTION_ERROR, json.dumps(body), "Sandbox.Timedout", self.function.timeout
+        )
 
     def _exited(self, invocation: Invocation) -> Result:
         code = self._process.exitcode if self._process is not None else None
         self.discard()
-        reason = "Runtime exited without providing a reason" if not code else f"Runtime exited with error: exit status {code}"
+        reason = (
+            "Runtime exited without providing a reason"
+            if not code
+            else f"Runtime exited with error: exit status {code}"
+        )
         log.error(reason)
         body = {"errorType": "Runtime.ExitError", "errorMessage": f"RequestId: {invocation.request_id} Error: {reason}"}
         return Result(invocation.request_id, Status.FUNCTION_ERROR, json.dumps(body), "Runtime.ExitError")
@@ -153,7 +162,9 @@ class Runtime:
         if environment is None or environment.function != function:
             if environment is not None:
                 environment.discard()
-            environment = Environment(function, self._function_arn(function.function_name), self._context, self._worker_tag)
+            environment = Environment(
+                function, self._function_arn(function.function_name), self._context, self._worker_tag
+            )
             self._environments[function.function_name] = environment
         return environment.invoke(invocation, should_abort)
 

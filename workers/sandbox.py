@@ -109,7 +109,12 @@ def _invoke(handler: Any, spec: dict[str, Any], request: dict[str, Any]) -> dict
 
 def _failure(error_type: str, message: str, request_id: str = "", stack: list[str] | None = None) -> dict[str, Any]:
     body = {"errorMessage": message, "errorType": error_type, "requestId": request_id, "stackTrace": stack or []}
-    return {"status": "function_error", "payload": json.dumps(body), "error_type": error_type, "stackTrace": stack or []}
+    return {
+        "status": "function_error",
+        "payload": json.dumps(body),
+        "error_type": error_type,
+        "stackTrace": stack or [],
+    }
 
 
 def _user_frames(error: BaseException) -> list[str]:

@@ -29,7 +29,7 @@ from broker.queue import Claim, InvocationQueue
 from workers.delivery import Deliveries
 from workers.invoke import Followup, Invoker
 from workers.outcomes import OutcomeRouter
-from workers.runtime import Aborted, Runtime
+from workers.runtime import AbortedError, Runtime
 
 HEARTBEAT_SECONDS = 0.5
 IDLE_WAIT_SECONDS = 1.0
@@ -92,6 +92,11 @@ class Worker:
         housekeeping = threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True)
         housekeeping.start()
         metrics.WORKERS.labels("idle").set(1)
+        metrics.declare_functions(
+            (f.function_name, f.reserved_concurrent_executions)
+            for f in self.config.functions
+            if f.function_name in self.function_names
+        )
         try:
             self._serve()
         finally:
@@ -110,8 +115,10 @@ class Worker:
             claim = claimed.pop(0)
             try:
                 followup = self._handle(claim)
-            except Aborted:
-                log.warning("grace period over: invocation cut off and handed back", request_id=claim.invocation.request_id)
+            except AbortedError:
+                log.warning(
+                    "grace period over: invocation cut off and handed back", request_id=claim.invocation.request_id
+                )
                 return
             next_claim = claimed[0] if claimed and not self.stopping else None
             self._complete(claim, next_claim, followup)
@@ -122,11 +129,11 @@ class Worker:
             claimed = self.queue.claim(self.id, self.function_names, self.prefetch)
             if not claimed:
                 self.queue.wait_for_work(IDLE_WAIT_SECONDS)
-            return claimed
         except RedisConnectionError as error:
             log.warning("Redis unreachable; retrying", error=str(error))
             time.sleep(IDLE_WAIT_SECONDS)
             return []
+        return claimed
 
     def _handle(self, claim: Claim) -> Followup:
         metrics.WORKERS.labels("idle").set(0)
@@ -139,16 +146,15 @@ class Worker:
 
     def _complete(self, claim: Claim, next_claim: Claim | None, followup: Followup) -> None:
         """Acknowledge, retrying through a Redis outage: the outcome must not be lost or doubled."""
-        while True:
+        while not self._past_grace():
             try:
                 self.queue.complete(self.id, claim, next_claim, followup.enqueue, followup.reply)
-                return
             except RedisConnectionError as error:
-                if self._past_grace():
-                    log.error("could not acknowledge before the grace period ended; the job will run again")
-                    return
                 log.warning("Redis unreachable while acknowledging; retrying", error=str(error))
                 time.sleep(IDLE_WAIT_SECONDS)
+            else:
+                return
+        log.error("could not acknowledge before the grace period ended; the job will run again")
 
     def _release_everything(self) -> None:
         try:

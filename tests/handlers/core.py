@@ -43,7 +43,9 @@ def record(event: Any, context: Any) -> Any:
             "identity": [context.identity.cognito_identity_id, context.identity.cognito_identity_pool_id],
             "client_context": None if context.client_context is None else context.client_context.custom,
         },
-        environment={key: os.environ.get(key) for key in ("STAGE", "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE")},
+        environment={
+            key: os.environ.get(key) for key in ("STAGE", "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+        },
         init_mark=COLD_START_MARK,
     )
     print(f"processing {context.aws_request_id}")
@@ -68,7 +70,16 @@ def concurrency_probe(event: Any, context: Any) -> None:
     """Tracks the highest number of simultaneous runs across all processes."""
     client = _client()
     now = client.incr("running")
-    client.eval("if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end", 1, "max_running", now)
+    keep_highest = (
+        "if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) "
+        "then redis.call('SET', KEYS[1], ARGV[1]) end"
+    )
+    client.eval(
+        keep_highest,
+        1,
+        "max_running",
+        now,
+    )
     time.sleep(float(event.get("seconds", 0.3)))
     client.decr("running")
     client.rpush("calls", "1")

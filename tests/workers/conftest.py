@@ -52,7 +52,11 @@ class Stack:
                    "--processes", str(processes), "--grace-seconds", str(grace_seconds), *extra]  # fmt: skip
         pool = subprocess.Popen(command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         self.pools.append(pool)
-        self.wait_for(lambda: pool.poll() is None and self.redis.zcard("headwater:workers") >= processes * len(self.running_pools()))
+        self.wait_for(
+            lambda: (
+                pool.poll() is None and self.redis.zcard("headwater:workers") >= processes * len(self.running_pools())
+            )
+        )
         return pool
 
     def running_pools(self) -> list[subprocess.Popen[bytes]]:

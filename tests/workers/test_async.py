@@ -26,7 +26,9 @@ def receive_all(client: Any, url: str, expected: int, timeout: float = 20.0) -> 
     messages: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout
     while len(messages) < expected and time.monotonic() < deadline:
-        answer = client.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1, MessageAttributeNames=["All"])
+        answer = client.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1, MessageAttributeNames=["All"]
+        )
         messages.extend(answer.get("Messages", []))
     assert len(messages) == expected, f"expected {expected} message(s) on {url}, got {len(messages)}"
     return messages
@@ -35,11 +37,16 @@ def receive_all(client: Any, url: str, expected: int, timeout: float = 20.0) -> 
 def test_failing_event_is_tried_three_times_then_dead_lettered_and_recorded(aws_env, make_stack):
     sqs, dlq_url, dlq_arn = sqs_queue("orders-dlq")
     _, failed_url, failed_arn = sqs_queue("orders-failed")
-    stack = make_stack([{
-        "FunctionName": "orders", "Handler": "tests.handlers.core.fail",
-        "DeadLetterConfig": {"TargetArn": dlq_arn},
-        "EventInvokeConfig": {"DestinationConfig": {"OnFailure": {"Destination": failed_arn}}},
-    }])
+    stack = make_stack(
+        [
+            {
+                "FunctionName": "orders",
+                "Handler": "tests.handlers.core.fail",
+                "DeadLetterConfig": {"TargetArn": dlq_arn},
+                "EventInvokeConfig": {"DestinationConfig": {"OnFailure": {"Destination": failed_arn}}},
+            }
+        ]
+    )
     stack.start_pool()
 
     response = stack.client.invoke("orders", {"order": 7}, InvocationType.EVENT)
@@ -54,7 +61,14 @@ def test_failing_event_is_tried_three_times_then_dead_lettered_and_recorded(aws_
 
     [failure] = receive_all(sqs, failed_url, 1)
     record = json.loads(failure["Body"])
-    assert list(record) == ["version", "timestamp", "requestContext", "requestPayload", "responseContext", "responsePayload"]
+    assert list(record) == [
+        "version",
+        "timestamp",
+        "requestContext",
+        "requestPayload",
+        "responseContext",
+        "responsePayload",
+    ]
     assert record["requestContext"] == {
         "requestId": response.request_id,
         "functionArn": "arn:aws:lambda:us-east-1:000000000000:function:orders:$LATEST",
@@ -64,16 +78,22 @@ def test_failing_event_is_tried_three_times_then_dead_lettered_and_recorded(aws_
     assert record["requestPayload"] == {"order": 7}
     assert record["responseContext"] == {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"}
     assert record["responsePayload"]["errorType"] == "RuntimeError"
-    assert record["timestamp"].endswith("Z") and len(record["timestamp"]) == 24
+    assert record["timestamp"].endswith("Z")
+    assert len(record["timestamp"]) == 24
     assert len(stack.noted()) == 3  # exactly three attempts, no more
 
 
 def test_success_yields_an_on_success_record(aws_env, make_stack):
-    sqs, url, arn = sqs_queue("orders-ok")
-    stack = make_stack([{
-        "FunctionName": "orders", "Handler": "tests.handlers.core.record",
-        "EventInvokeConfig": {"DestinationConfig": {"OnSuccess": {"Destination": url}}},
-    }])
+    sqs, url, _ = sqs_queue("orders-ok")
+    stack = make_stack(
+        [
+            {
+                "FunctionName": "orders",
+                "Handler": "tests.handlers.core.record",
+                "EventInvokeConfig": {"DestinationConfig": {"OnSuccess": {"Destination": url}}},
+            }
+        ]
+    )
     stack.start_pool()
     response = stack.client.invoke("orders", {"order": 8}, InvocationType.EVENT)
     [message] = receive_all(sqs, url, 1)
@@ -87,26 +107,41 @@ def test_success_yields_an_on_success_record(aws_env, make_stack):
 
 def test_zero_reserved_concurrency_discards_at_once_without_running(aws_env, make_stack):
     sqs, url, arn = sqs_queue("throttled-failed")
-    stack = make_stack([{
-        "FunctionName": "off", "Handler": "tests.handlers.core.record", "ReservedConcurrentExecutions": 0,
-        "EventInvokeConfig": {"DestinationConfig": {"OnFailure": {"Destination": arn}}},
-    }])
+    stack = make_stack(
+        [
+            {
+                "FunctionName": "off",
+                "Handler": "tests.handlers.core.record",
+                "ReservedConcurrentExecutions": 0,
+                "EventInvokeConfig": {"DestinationConfig": {"OnFailure": {"Destination": arn}}},
+            }
+        ]
+    )
     stack.start_pool()
     stack.client.invoke("off", {"n": 1}, InvocationType.EVENT)
     [message] = receive_all(sqs, url, 1)
     record = json.loads(message["Body"])
     assert record["requestContext"]["condition"] == "ZeroReservedConcurrency"
     assert record["requestContext"]["approximateInvokeCount"] == 0
-    assert "responseContext" not in record and "responsePayload" not in record
+    assert "responseContext" not in record
+    assert "responsePayload" not in record
     assert stack.noted() == []
 
 
 def test_an_event_older_than_its_maximum_age_is_discarded(aws_env, make_stack):
     sqs, url, arn = sqs_queue("aged-failed")
-    stack = make_stack([{
-        "FunctionName": "aged", "Handler": "tests.handlers.core.record",
-        "EventInvokeConfig": {"MaximumEventAgeInSeconds": 60, "DestinationConfig": {"OnFailure": {"Destination": arn}}},
-    }])
+    stack = make_stack(
+        [
+            {
+                "FunctionName": "aged",
+                "Handler": "tests.handlers.core.record",
+                "EventInvokeConfig": {
+                    "MaximumEventAgeInSeconds": 60,
+                    "DestinationConfig": {"OnFailure": {"Destination": arn}},
+                },
+            }
+        ]
+    )
     # An event accepted 61 s ago (it waited behind a backlog or a throttle), now reaching a worker.
     InvocationQueue(stack.redis).enqueue(
         Invocation("aged", '{"late": true}', InvocationType.EVENT, trigger="async", accepted_at=time.time() - 61)
@@ -120,12 +155,21 @@ def test_an_event_older_than_its_maximum_age_is_discarded(aws_env, make_stack):
 
 
 def test_a_function_destination_receives_the_record_as_its_event(redis_url, make_stack):
-    stack = make_stack([
-        {"FunctionName": "source", "Handler": "tests.handlers.core.fail",
-         "EventInvokeConfig": {"MaximumRetryAttempts": 0, "DestinationConfig": {
-             "OnFailure": {"Destination": "arn:aws:lambda:us-east-1:000000000000:function:audit"}}}},
-        {"FunctionName": "audit", "Handler": "tests.handlers.core.record"},
-    ])
+    stack = make_stack(
+        [
+            {
+                "FunctionName": "source",
+                "Handler": "tests.handlers.core.fail",
+                "EventInvokeConfig": {
+                    "MaximumRetryAttempts": 0,
+                    "DestinationConfig": {
+                        "OnFailure": {"Destination": "arn:aws:lambda:us-east-1:000000000000:function:audit"}
+                    },
+                },
+            },
+            {"FunctionName": "audit", "Handler": "tests.handlers.core.record"},
+        ]
+    )
     stack.start_pool()
     response = stack.client.invoke("source", {"x": 1}, InvocationType.EVENT)
     stack.wait_for(lambda: len(stack.noted()) == 2)
@@ -138,8 +182,13 @@ def test_a_function_destination_receives_the_record_as_its_event(redis_url, make
 def test_an_unreachable_destination_is_retried_and_the_record_is_not_lost(aws_env, make_stack):
     missing_arn = f"arn:aws:sqs:us-east-1:{ACCOUNT}:created-later"
     stack = make_stack(
-        [{"FunctionName": "orders", "Handler": "tests.handlers.core.record",
-          "EventInvokeConfig": {"DestinationConfig": {"OnSuccess": {"Destination": missing_arn}}}}],
+        [
+            {
+                "FunctionName": "orders",
+                "Handler": "tests.handlers.core.record",
+                "EventInvokeConfig": {"DestinationConfig": {"OnSuccess": {"Destination": missing_arn}}},
+            }
+        ],
         {"DestinationRetryMaxSeconds": 1},
     )
     stack.start_pool()
@@ -154,11 +203,18 @@ def test_an_unreachable_destination_is_retried_and_the_record_is_not_lost(aws_en
 
 @pytest.mark.parametrize("retries", [0, 1])
 def test_maximum_retry_attempts_bounds_the_attempts(redis_url, make_stack, retries):
-    stack = make_stack([{
-        "FunctionName": "f", "Handler": "tests.handlers.core.fail",
-        "EventInvokeConfig": {"MaximumRetryAttempts": retries,
-                              "DestinationConfig": {"OnFailure": {"Destination": "redis-stream://failed"}}},
-    }])
+    stack = make_stack(
+        [
+            {
+                "FunctionName": "f",
+                "Handler": "tests.handlers.core.fail",
+                "EventInvokeConfig": {
+                    "MaximumRetryAttempts": retries,
+                    "DestinationConfig": {"OnFailure": {"Destination": "redis-stream://failed"}},
+                },
+            }
+        ]
+    )
     stack.start_pool()
     stack.client.invoke("f", {}, InvocationType.EVENT)
     [(_, fields)] = stack.wait_for(lambda: stack.redis.xrange("failed"))

@@ -39,47 +39,84 @@ def test_handler_forms(handler, expected):
 
 
 def test_every_error_is_reported_at_once_with_its_path_and_value():
-    found = problems({
-        "Functions": [
-            {"FunctionName": "ok", "Handler": "app.handler", "Timeout": 901, "MemroySize": 256},
-            {"FunctionName": "bad name!", "Handler": "nodots",
-             "EventInvokeConfig": {"MaximumRetryAttempts": 3, "MaximumEventAgeInSeconds": 59}},
-        ],
-        "EventSourceMappings": [{"FunctionName": "ok", "EventSourceArn": QUEUE, "BatchSize": 20000}],
-    })
+    found = problems(
+        {
+            "Functions": [
+                {"FunctionName": "ok", "Handler": "app.handler", "Timeout": 901, "MemroySize": 256},
+                {
+                    "FunctionName": "bad name!",
+                    "Handler": "nodots",
+                    "EventInvokeConfig": {"MaximumRetryAttempts": 3, "MaximumEventAgeInSeconds": 59},
+                },
+            ],
+            "EventSourceMappings": [{"FunctionName": "ok", "EventSourceArn": QUEUE, "BatchSize": 20000}],
+        }
+    )
     text = "\n".join(found)
     assert "Functions.0.Timeout: Input should be less than or equal to 900 (got 901)" in text
     assert "Functions.0.MemroySize: unknown key" in text
-    assert "Functions.1.FunctionName:" in text and "'bad name!'" in text
+    assert "Functions.1.FunctionName:" in text
+    assert "'bad name!'" in text
     assert "Functions.1.Handler: Value error, must be 'package.module.function'" in text
     assert "Functions.1.EventInvokeConfig.MaximumRetryAttempts: Input should be less than or equal to 2 (got 3)" in text
-    assert "Functions.1.EventInvokeConfig.MaximumEventAgeInSeconds: Input should be greater than or equal to 60 (got 59)" in text
+    assert (
+        "Functions.1.EventInvokeConfig.MaximumEventAgeInSeconds: Input should be greater than or equal to 60 (got 59)"
+        in text
+    )
     assert "EventSourceMappings.0.BatchSize: Input should be less than or equal to 10000 (got 20000)" in text
     assert len(found) == 7
 
 
 def test_cross_references_are_checked():
-    assert "is not one of the Functions" in problems(
-        {"Functions": [{"FunctionName": "f", "Handler": "a.b"}],
-         "EventSourceMappings": [{"FunctionName": "g", "EventSourceArn": QUEUE}]}
-    )[0]
-    assert "names an unknown function" in problems({"Functions": [{
-        "FunctionName": "f", "Handler": "a.b",
-        "EventInvokeConfig": {"DestinationConfig": {"OnFailure": {"Destination": "arn:aws:lambda:us-east-1:1:function:nope"}}},
-    }]})[0]
-    assert "FunctionName must be unique" in problems(
-        {"Functions": [{"FunctionName": "f", "Handler": "a.b"}, {"FunctionName": "f", "Handler": "a.c"}]}
-    )[0]
+    assert (
+        "is not one of the Functions"
+        in problems(
+            {
+                "Functions": [{"FunctionName": "f", "Handler": "a.b"}],
+                "EventSourceMappings": [{"FunctionName": "g", "EventSourceArn": QUEUE}],
+            }
+        )[0]
+    )
+    assert (
+        "names an unknown function"
+        in problems(
+            {
+                "Functions": [
+                    {
+                        "FunctionName": "f",
+                        "Handler": "a.b",
+                        "EventInvokeConfig": {
+                            "DestinationConfig": {
+                                "OnFailure": {"Destination": "arn:aws:lambda:us-east-1:1:function:nope"}
+                            }
+                        },
+                    }
+                ]
+            }
+        )[0]
+    )
+    assert (
+        "FunctionName must be unique"
+        in problems({"Functions": [{"FunctionName": "f", "Handler": "a.b"}, {"FunctionName": "f", "Handler": "a.c"}]})[
+            0
+        ]
+    )
 
 
 def test_an_unknown_destination_form_names_the_accepted_ones():
-    [problem] = problems({"Functions": [{"FunctionName": "f", "Handler": "a.b", "DeadLetterConfig": {"TargetArn": "ftp://x"}}]})
+    [problem] = problems(
+        {"Functions": [{"FunctionName": "f", "Handler": "a.b", "DeadLetterConfig": {"TargetArn": "ftp://x"}}]}
+    )
     assert "Functions.0.DeadLetterConfig.TargetArn" in problem
-    assert "SQS queue ARN" in problem and "redis-stream://KEY" in problem
+    assert "SQS queue ARN" in problem
+    assert "redis-stream://KEY" in problem
 
 
 def mapping(**fields):
-    document = {"Functions": [{"FunctionName": "f", "Handler": "a.b"}], "EventSourceMappings": [{"FunctionName": "f", **fields}]}
+    document = {
+        "Functions": [{"FunctionName": "f", "Handler": "a.b"}],
+        "EventSourceMappings": [{"FunctionName": "f", **fields}],
+    }
     return parse_config(document).event_source_mappings[0]
 
 
@@ -88,11 +125,16 @@ def test_mapping_defaults_follow_the_source():
     assert (sqs.source_kind, sqs.batch_size, sqs.maximum_batching_window_in_seconds) == ("sqs", 10, 0)
     kinesis = mapping(EventSourceArn="arn:aws:kinesis:us-east-1:123456789012:stream/s", StartingPosition="LATEST")
     assert (kinesis.source_kind, kinesis.batch_size, kinesis.maximum_retry_attempts) == ("kinesis", 100, -1)
-    kafka = mapping(SelfManagedEventSource={"Endpoints": {"KAFKA_BOOTSTRAP_SERVERS": ["k:9092"]}},
-                    Topics=["orders"], StartingPosition="TRIM_HORIZON")
+    kafka = mapping(
+        SelfManagedEventSource={"Endpoints": {"KAFKA_BOOTSTRAP_SERVERS": ["k:9092"]}},
+        Topics=["orders"],
+        StartingPosition="TRIM_HORIZON",
+    )
     assert (kafka.source_kind, kafka.batch_size, kafka.maximum_batching_window_in_seconds) == ("kafka", 100, 0.5)
-    ddb = mapping(EventSourceArn="arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/2026-01-01T00:00:00.000",
-                  StartingPosition="TRIM_HORIZON")
+    ddb = mapping(
+        EventSourceArn="arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/2026-01-01T00:00:00.000",
+        StartingPosition="TRIM_HORIZON",
+    )
     assert ddb.source_kind == "dynamodb"
     assert mapping(EventSourceArn=QUEUE).uuid == sqs.uuid  # stable across loads: same identity, same consumer group
 
@@ -100,35 +142,70 @@ def test_mapping_defaults_follow_the_source():
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"EventSourceArn": QUEUE, "BatchSize": 11},
-         "Maximum batch window in seconds must be greater than 0 if maximum batch size is greater than 10"),
-        ({"EventSourceArn": QUEUE + ".fifo", "BatchSize": 10, "MaximumBatchingWindowInSeconds": 1}, "standard queues only"),
+        (
+            {"EventSourceArn": QUEUE, "BatchSize": 11},
+            "Maximum batch window in seconds must be greater than 0 if maximum batch size is greater than 10",
+        ),
+        (
+            {"EventSourceArn": QUEUE + ".fifo", "BatchSize": 10, "MaximumBatchingWindowInSeconds": 1},
+            "standard queues only",
+        ),
         ({"EventSourceArn": QUEUE, "StartingPosition": "LATEST"}, "StartingPosition does not apply to SQS"),
         ({"EventSourceArn": "arn:aws:kinesis:us-east-1:123456789012:stream/s"}, "StartingPosition is required"),
-        ({"EventSourceArn": "arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/x", "StartingPosition": "AT_TIMESTAMP"},
-         "StartingPosition must be one of TRIM_HORIZON | LATEST"),
-        ({"EventSourceArn": "arn:aws:kinesis:us-east-1:123456789012:stream/s", "StartingPosition": "LATEST",
-          "MaximumRecordAgeInSeconds": 30}, "must be -1 (infinite) or between 60 and 604800"),
-        ({"SelfManagedEventSource": {"Endpoints": {"KAFKA_BOOTSTRAP_SERVERS": ["k:9092"]}}, "StartingPosition": "LATEST"},
-         "Topics is required"),
+        (
+            {
+                "EventSourceArn": "arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/x",
+                "StartingPosition": "AT_TIMESTAMP",
+            },
+            "StartingPosition must be one of TRIM_HORIZON | LATEST",
+        ),
+        (
+            {
+                "EventSourceArn": "arn:aws:kinesis:us-east-1:123456789012:stream/s",
+                "StartingPosition": "LATEST",
+                "MaximumRecordAgeInSeconds": 30,
+            },
+            "must be -1 (infinite) or between 60 and 604800",
+        ),
+        (
+            {
+                "SelfManagedEventSource": {"Endpoints": {"KAFKA_BOOTSTRAP_SERVERS": ["k:9092"]}},
+                "StartingPosition": "LATEST",
+            },
+            "Topics is required",
+        ),
         ({"EventSourceArn": "arn:aws:s3:::bucket"}, "is not a supported event source"),
         ({"EventSourceArn": QUEUE, "ScalingConfig": {"MaximumConcurrency": 1}}, "greater than or equal to 2"),
     ],
 )
 def test_mapping_rules(fields, message):
-    document = {"Functions": [{"FunctionName": "f", "Handler": "a.b"}], "EventSourceMappings": [{"FunctionName": "f", **fields}]}
+    document = {
+        "Functions": [{"FunctionName": "f", "Handler": "a.b"}],
+        "EventSourceMappings": [{"FunctionName": "f", **fields}],
+    }
     assert message in "\n".join(problems(document))
 
 
 def test_headwater_validate_prints_every_error_and_exits_2(tmp_path: Path):
     path = tmp_path / "bad.yaml"
     path.write_text("Functions:\n  - FunctionName: f\n    Handler: a.b\n    Timeout: 0\n    Bogus: 1\n")
-    done = subprocess.run([sys.executable, "-m", "broker.cli", "validate", "--config", str(path)],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "validate", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 2
     assert "2 error(s)" in done.stderr
-    assert "Functions.0.Timeout" in done.stderr and "Functions.0.Bogus: unknown key" in done.stderr
+    assert "Functions.0.Timeout" in done.stderr
+    assert "Functions.0.Bogus: unknown key" in done.stderr
     path.write_text("Functions: [\n")
-    done = subprocess.run([sys.executable, "-m", "broker.cli", "validate", "--config", str(path)],
-                          capture_output=True, text=True, check=False)
-    assert done.returncode == 2 and "not valid YAML" in done.stderr and "line" in done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "validate", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "not valid YAML" in done.stderr
+    assert "line" in done.stderr

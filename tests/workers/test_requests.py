@@ -30,7 +30,8 @@ def test_an_event_over_one_mebibyte_is_refused(client):
     assert len(payload) == 1_048_577
     with pytest.raises(RequestTooLarge) as refused:
         client.invoke("f", payload, InvocationType.EVENT)
-    assert refused.value.status == 413 and refused.value.code == "RequestEntityTooLargeException"
+    assert refused.value.status == 413
+    assert refused.value.code == "RequestEntityTooLargeException"
     assert str(refused.value) == "1048577 byte payload is too large for the Event invocation type (limit 1048576 bytes)"
     assert nothing_enqueued(client)
     assert client.invoke("f", payload, InvocationType.DRY_RUN).status_code == 204  # within the 6 MB sync limit
@@ -78,11 +79,18 @@ def test_the_cli_reads_file_payloads_and_reports_errors_in_one_line(redis_url, t
     env = {"HEADWATER_REDIS_URL": redis_url, "PATH": "/usr/bin:/bin"}
 
     def cli(*arguments: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "broker.cli", *arguments, "--config", str(config)],
-                              capture_output=True, text=True, env=env, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "broker.cli", *arguments, "--config", str(config)],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
 
     done = cli("invoke", "f", "--payload", f"file://{event}", "--invocation-type", "Event")
-    assert done.returncode == 0 and json.loads(done.stdout)["StatusCode"] == 202
+    assert done.returncode == 0
+    assert json.loads(done.stdout)["StatusCode"] == 202
     done = cli("invoke", "g", "--payload", "{}", "--invocation-type", "Event")
     assert done.returncode == 2
-    assert done.stderr.strip() == "headwater: ResourceNotFoundException: Function not found: arn:aws:lambda:us-east-1:000000000000:function:g:$LATEST"
+    arn = "arn:aws:lambda:us-east-1:000000000000:function:g:$LATEST"
+    assert done.stderr.strip() == f"headwater: ResourceNotFoundException: Function not found: {arn}"

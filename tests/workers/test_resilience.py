@@ -14,10 +14,16 @@ def success_records(stack, stream: str = "succeeded") -> list[dict]:
 
 
 def test_a_worker_killed_mid_invocation_loses_nothing_and_the_run_counts_as_an_attempt(make_stack):
-    stack = make_stack([{
-        "FunctionName": "slow", "Handler": "tests.handlers.core.slow", "Timeout": 30,
-        "EventInvokeConfig": {"DestinationConfig": {"OnSuccess": {"Destination": "redis-stream://succeeded"}}},
-    }])
+    stack = make_stack(
+        [
+            {
+                "FunctionName": "slow",
+                "Handler": "tests.handlers.core.slow",
+                "Timeout": 30,
+                "EventInvokeConfig": {"DestinationConfig": {"OnSuccess": {"Destination": "redis-stream://succeeded"}}},
+            }
+        ]
+    )
     stack.start_pool(processes=2)
     response = stack.client.invoke("slow", {"seconds": 1.5}, InvocationType.EVENT)
     [started] = stack.wait_for(lambda: stack.noted("started"))
@@ -27,7 +33,8 @@ def test_a_worker_killed_mid_invocation_loses_nothing_and_the_run_counts_as_an_a
     [record] = stack.wait_for(lambda: success_records(stack), timeout=40)
     assert record["requestContext"]["requestId"] == response.request_id
     assert record["requestContext"]["approximateInvokeCount"] == 2  # the cut-off run counted
-    assert len(stack.noted("started")) == 2 and len(stack.noted("finished")) == 1
+    assert len(stack.noted("started")) == 2
+    assert len(stack.noted("finished")) == 1
 
 
 def _is_parent_of(pid: int, child: int) -> bool:
@@ -43,10 +50,16 @@ def _is_parent_of(pid: int, child: int) -> bool:
 
 
 def test_sigterm_finishes_the_running_invocation_and_hands_back_the_rest(make_stack):
-    stack = make_stack([{
-        "FunctionName": "slow", "Handler": "tests.handlers.core.slow", "Timeout": 30,
-        "EventInvokeConfig": {"DestinationConfig": {"OnSuccess": {"Destination": "redis-stream://succeeded"}}},
-    }])
+    stack = make_stack(
+        [
+            {
+                "FunctionName": "slow",
+                "Handler": "tests.handlers.core.slow",
+                "Timeout": 30,
+                "EventInvokeConfig": {"DestinationConfig": {"OnSuccess": {"Destination": "redis-stream://succeeded"}}},
+            }
+        ]
+    )
     pool = stack.start_pool(processes=1, grace_seconds=20)
     for n in range(5):
         stack.client.invoke("slow", {"seconds": 1, "n": n}, InvocationType.EVENT)
@@ -65,10 +78,15 @@ def test_sigterm_finishes_the_running_invocation_and_hands_back_the_rest(make_st
 
 
 def test_a_redis_restart_loses_no_accepted_event(make_stack, redis_server):
-    stack = make_stack([{
-        "FunctionName": "orders", "Handler": "tests.handlers.core.record",
-        "EventInvokeConfig": {"DestinationConfig": {"OnSuccess": {"Destination": "redis-stream://succeeded"}}},
-    }])
+    stack = make_stack(
+        [
+            {
+                "FunctionName": "orders",
+                "Handler": "tests.handlers.core.record",
+                "EventInvokeConfig": {"DestinationConfig": {"OnSuccess": {"Destination": "redis-stream://succeeded"}}},
+            }
+        ]
+    )
     accepted = {stack.client.invoke("orders", {"n": n}, InvocationType.EVENT).request_id for n in range(50)}
     redis_server.kill()  # SIGKILL: no clean shutdown, only the append-only file survives
     redis_server.start()
@@ -79,7 +97,13 @@ def test_a_redis_restart_loses_no_accepted_event(make_stack, redis_server):
 
 def test_reserved_concurrency_holds_across_processes_and_throttled_events_still_run(make_stack):
     stack = make_stack(
-        [{"FunctionName": "probe", "Handler": "tests.handlers.core.concurrency_probe", "ReservedConcurrentExecutions": 1}],
+        [
+            {
+                "FunctionName": "probe",
+                "Handler": "tests.handlers.core.concurrency_probe",
+                "ReservedConcurrentExecutions": 1,
+            }
+        ],
         {"ThrottleBackoffInitialSeconds": 0.05, "ThrottleBackoffMaxSeconds": 0.2},
     )
     stack.start_pool(processes=3)
@@ -91,10 +115,12 @@ def test_reserved_concurrency_holds_across_processes_and_throttled_events_still_
 
 
 def test_a_backlog_on_one_function_does_not_starve_another(make_stack):
-    stack = make_stack([
-        {"FunctionName": "busy", "Handler": "tests.handlers.core.slow"},
-        {"FunctionName": "quiet", "Handler": "tests.handlers.core.record"},
-    ])
+    stack = make_stack(
+        [
+            {"FunctionName": "busy", "Handler": "tests.handlers.core.slow"},
+            {"FunctionName": "quiet", "Handler": "tests.handlers.core.record"},
+        ]
+    )
     for n in range(40):
         stack.client.invoke("busy", {"seconds": 0.05, "n": n}, InvocationType.EVENT)
     stack.client.invoke("quiet", {}, InvocationType.EVENT)

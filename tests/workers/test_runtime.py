@@ -13,16 +13,24 @@ from broker.errors import TooManyRequests
 
 
 def test_a_handler_gets_lambdas_context_its_environment_and_stays_warm(make_stack):
-    stack = make_stack([{
-        "FunctionName": "orders", "Handler": "tests.handlers.core.record", "Timeout": 5, "MemorySize": 512,
-        "Environment": {"Variables": {"STAGE": "test"}},
-    }])
+    stack = make_stack(
+        [
+            {
+                "FunctionName": "orders",
+                "Handler": "tests.handlers.core.record",
+                "Timeout": 5,
+                "MemorySize": 512,
+                "Environment": {"Variables": {"STAGE": "test"}},
+            }
+        ]
+    )
     stack.start_pool()
     client_context = base64.b64encode(json.dumps({"custom": {"tenant": "acme"}}).encode()).decode()
     first = stack.client.invoke("orders", {"n": 1}, client_context=client_context)
     second = stack.client.invoke("orders", {"n": 2})
 
-    assert first.status_code == 200 and first.function_error is None
+    assert first.status_code == 200
+    assert first.function_error is None
     assert first.json() == {"echo": {"n": 1}}
     one, two = stack.noted()
     assert one["request_id"] == first.request_id
@@ -36,17 +44,28 @@ def test_a_handler_gets_lambdas_context_its_environment_and_stays_warm(make_stac
     assert 4000 < context["remaining_ms"] <= 5000
     assert context["identity"] == [None, None]
     assert context["client_context"] == {"tenant": "acme"}
+    assert two["request_id"] == second.request_id
     assert two["seen_context"]["client_context"] is None
-    assert one["environment"] == {"STAGE": "test", "AWS_LAMBDA_FUNCTION_NAME": "orders", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "512"}
-    assert one["pid"] == two["pid"] and one["init_mark"] == two["init_mark"]  # warm: INIT ran once
+    assert one["environment"] == {
+        "STAGE": "test",
+        "AWS_LAMBDA_FUNCTION_NAME": "orders",
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "512",
+    }
+    assert one["pid"] == two["pid"]
+    assert one["init_mark"] == two["init_mark"]
 
 
 def test_handler_output_is_logged_as_json_with_its_request_id(make_stack):
     stack = make_stack([{"FunctionName": "orders", "Handler": "tests.handlers.core.record"}])
     stack.start_pool()
     response = stack.client.invoke("orders", {})
-    lines = stack.wait_for(lambda: [json.loads(line) for line in stack.logs().splitlines()
-                                    if line.startswith("{") and response.request_id in line])
+    lines = stack.wait_for(
+        lambda: [
+            json.loads(line)
+            for line in stack.logs().splitlines()
+            if line.startswith("{") and response.request_id in line
+        ]
+    )
     events = {line["event"]: line for line in lines}
     assert events[f"processing {response.request_id}"]["function"] == "orders"
     assert events["logged from the handler"]["level"] == "warning"
@@ -64,16 +83,24 @@ def test_a_timeout_is_reported_as_lambda_reports_it_and_the_worker_goes_on(make_
     }
     assert "Task timed out after 1.00 seconds" in stack.logs()
     after = stack.client.invoke("slow", {"seconds": 0})
-    assert after.function_error is None and after.json() == {"slept": 0}
+    assert after.function_error is None
+    assert after.json() == {"slept": 0}
     assert len(stack.noted("finished")) == 1  # the timed-out run never finished: it was stopped
 
 
 @pytest.mark.parametrize(
     ("handler", "error_type", "message"),
     [
-        ("tests.handlers.broken_import.handler", "Runtime.ImportModuleError",
-         "Unable to import module 'tests.handlers.broken_import': No module named 'a_module_that_does_not_exist'"),
-        ("tests.handlers.core.missing", "Runtime.HandlerNotFound", "Handler 'missing' missing on module 'tests.handlers.core'"),
+        (
+            "tests.handlers.broken_import.handler",
+            "Runtime.ImportModuleError",
+            "Unable to import module 'tests.handlers.broken_import': No module named 'a_module_that_does_not_exist'",
+        ),
+        (
+            "tests.handlers.core.missing",
+            "Runtime.HandlerNotFound",
+            "Handler 'missing' missing on module 'tests.handlers.core'",
+        ),
         ("tests.handlers.core.not_serialisable", "Runtime.MarshalError", None),
         ("tests.handlers.core.exits", "Runtime.ExitError", None),
     ],
@@ -91,7 +118,9 @@ def test_runtime_failures_carry_lambdas_error_types(make_stack, handler, error_t
 
 
 def test_synchronous_invoke_of_a_function_with_zero_concurrency_is_throttled(make_stack):
-    stack = make_stack([{"FunctionName": "off", "Handler": "tests.handlers.core.record", "ReservedConcurrentExecutions": 0}])
+    stack = make_stack(
+        [{"FunctionName": "off", "Handler": "tests.handlers.core.record", "ReservedConcurrentExecutions": 0}]
+    )
     with pytest.raises(TooManyRequests) as refused:
         stack.client.invoke("off", {})
     assert refused.value.status == 429
@@ -102,10 +131,12 @@ def test_the_pool_serves_the_sum_of_its_processes_metrics(make_stack):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    stack = make_stack([
-        {"FunctionName": "ok", "Handler": "tests.handlers.core.record"},
-        {"FunctionName": "bad", "Handler": "tests.handlers.core.fail"},
-    ])
+    stack = make_stack(
+        [
+            {"FunctionName": "ok", "Handler": "tests.handlers.core.record"},
+            {"FunctionName": "bad", "Handler": "tests.handlers.core.fail"},
+        ]
+    )
     stack.start_pool(2, 10, "--metrics-port", str(port))
     for n in range(6):
         stack.client.invoke("ok", {"n": n})
@@ -120,7 +151,11 @@ def test_the_pool_serves_the_sum_of_its_processes_metrics(make_stack):
     assert 'headwater_invocation_errors_total{error_type="unhandled",function="bad",trigger="sync"} 1.0' in text
     assert 'headwater_invocation_duration_seconds_count{function="ok"} 6.0' in text
     assert 'headwater_queue_depth{queue="ok"} 0.0' in text
-    cold = sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith('headwater_cold_starts_total{function="ok"}'))
+    cold = sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith('headwater_cold_starts_total{function="ok"}')
+    )
     assert 1 <= cold <= 2  # one INIT per process that served it, not one per invocation
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
         assert answer.status == 200
