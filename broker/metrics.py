@@ -1,7 +1,7 @@
 """Every Prometheus metric Headwater exposes, declared once (names map Lambda's CloudWatch metrics).
 
 Worker pools run several processes; they record through prometheus-client's multiprocess mode
-(`PROMETHEUS_MULTIPROCESS_DIR`, set by the pool before its workers start), and the pool serves the
+(`PROMETHEUS_MULTIPROC_DIR`, set by the pool before its workers start), and the pool serves the
 sum. Labels stay bounded: function, trigger, mapping, source kind; never a request or record id.
 """
 
@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -26,7 +27,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
-disable_created_metrics()
+from broker import __version__
+
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 900)
 AGE_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 10800, 21600)
@@ -40,16 +43,22 @@ ERRORS = Counter(
 )
 THROTTLES = Counter("headwater_throttles", "Invocations refused for lack of concurrency.", ["function", "reason"])
 DURATION = Histogram(
-    "headwater_invocation_duration_seconds", "Handler time per run, init excluded.", ["function"],
+    "headwater_invocation_duration_seconds",
+    "Handler time per run, init excluded.",
+    ["function"],
     buckets=DURATION_BUCKETS,
 )
 CONCURRENT = Gauge(
     "headwater_concurrent_executions", "Runs in progress now.", ["function"], multiprocess_mode="livesum"
 )
 COLD_STARTS = Counter("headwater_cold_starts", "Execution environments initialised (INIT phases).", ["function"])
-ASYNC_RECEIVED = Counter("headwater_async_events_received", "Events accepted for asynchronous invocation.", ["function"])
+ASYNC_RECEIVED = Counter(
+    "headwater_async_events_received", "Events accepted for asynchronous invocation.", ["function"]
+)
 ASYNC_AGE = Histogram(
-    "headwater_async_event_age_seconds", "Time from acceptance to each run of an async event.", ["function"],
+    "headwater_async_event_age_seconds",
+    "Time from acceptance to each run of an async event.",
+    ["function"],
     buckets=AGE_BUCKETS,
 )
 ASYNC_DROPPED = Counter(
@@ -63,7 +72,12 @@ DESTINATION_FAILURES = Counter(
     "Failed writes to an on-success or on-failure destination.",
     ["function", "destination", "target_type"],
 )
+CONCURRENCY_LIMIT = Gauge(
+    "headwater_concurrency_limit", "Reserved concurrency per function.", ["function", "kind"], multiprocess_mode="max"
+)
+BUILD_INFO = Gauge("headwater_build_info", "The running Headwater version.", ["version"], multiprocess_mode="max")
 WORKERS = Gauge("headwater_worker_pool_workers", "Worker processes by state.", ["state"], multiprocess_mode="livesum")
+ESM_STAGES = ("polled", "filtered_out", "invoked", "failed_invoke", "deleted", "dropped", "on_failure_delivered")
 ESM_EVENTS = Counter(
     "headwater_esm_events", "Event source mapping accounting by stage.", ["event_source", "source_type", "stage"]
 )
@@ -71,11 +85,38 @@ POLLER_BATCH_SIZE = Histogram(
     "headwater_poller_batch_size", "Records per batch sent to a function.", ["event_source"], buckets=BATCH_BUCKETS
 )
 POLLER_CONCURRENT_BATCHES = Gauge(
-    "headwater_poller_concurrent_batches", "Batches in flight per mapping.", ["event_source"], multiprocess_mode="livesum"
+    "headwater_poller_concurrent_batches",
+    "Batches in flight per mapping.",
+    ["event_source"],
+    multiprocess_mode="livesum",
 )
 POLLER_LAST_POLL = Gauge(
-    "headwater_poller_last_poll_timestamp_seconds", "When a mapping last polled its source.", ["event_source"],
+    "headwater_poller_last_poll_timestamp_seconds",
+    "When a mapping last polled its source.",
+    ["event_source"],
     multiprocess_mode="max",
+)
+
+POLLER_CRASHES = Counter(
+    "headwater_poller_crashes", "Pollers restarted after an unexpected error.", ["event_source", "source_type"]
+)
+SQS_OLDEST_MESSAGE_AGE = Gauge(
+    "headwater_sqs_oldest_message_age_seconds",
+    "Age (from SentTimestamp) of the oldest message in a mapping's latest receive; 0 when it was empty.",
+    ["event_source"],
+    multiprocess_mode="max",
+)
+
+KAFKA_OFFSET_LAG = Gauge(
+    "headwater_kafka_offset_lag",
+    "Kafka: records written to a partition and not yet committed by the mapping (end offset - committed).",
+    ["event_source", "partition"],
+    multiprocess_mode="max",
+)
+KAFKA_REBALANCES = Counter(
+    "headwater_kafka_rebalances",
+    "Kafka: partition assignments a mapping's consumer received (the first join included).",
+    ["event_source"],
 )
 
 
@@ -95,14 +136,27 @@ class QueueDepthCollector(Collector):
         yield family
 
 
+def declare_functions(functions: Iterable[tuple[str, int | None]]) -> None:
+    """Create each function's series at zero, so `increase()` in alerts sees the very first event."""
+    BUILD_INFO.labels(__version__).set(1)
+    for name, reserved in functions:
+        for counter, labels in (
+            (THROTTLES, ("function_limit",)),
+            (ASYNC_DROPPED, ("max_retries",)),
+            (ASYNC_DROPPED, ("max_event_age",)),
+            (ASYNC_DROPPED, ("zero_reserved_concurrency",)),
+        ):
+            counter.labels(name, *labels)
+        if reserved is not None:
+            CONCURRENCY_LIMIT.labels(name, "reserved").set(reserved)
+
+
 def registry_for_process() -> CollectorRegistry:
     """The registry to serve: the multiprocess sum in a pool, the default registry elsewhere."""
-    if os.environ.get("PROMETHEUS_MULTIPROCESS_DIR"):
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return registry
-    from prometheus_client import REGISTRY
-
     return REGISTRY
 
 
