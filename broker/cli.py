@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -50,7 +51,15 @@ def _worker(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     names = _function_names(config, args.functions)
-    Pool(config, redis_url(), args.processes, names, args.grace_seconds, args.prefetch, args.metrics_port).run()
+    Pool(
+        config,
+        redis_url(),
+        processes=args.processes,
+        function_names=names,
+        grace_seconds=args.grace_seconds,
+        prefetch=args.prefetch,
+        metrics_port=args.metrics_port,
+    ).run()
     return 0
 
 
@@ -72,7 +81,7 @@ def _function_names(config: Config, selection: str | None) -> list[str] | None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="headwater", description=__doc__)
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default=os.environ.get("HEADWATER_LOG_LEVEL", "INFO"))
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, handler: Command, help_text: str) -> argparse.ArgumentParser:
@@ -101,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    os.environ["HEADWATER_LOG_LEVEL"] = args.log_level  # worker processes read it
     logs.configure(args.log_level)
     try:
         return int(args.handler(args))
