@@ -57,7 +57,6 @@ class Client:
         if kind is InvocationType.EVENT:
             invocation = Invocation(function_name, text, kind, trigger="async")
             self.queue.enqueue(invocation)
-            metrics.ASYNC_RECEIVED.labels(function_name).inc()
             return InvokeResponse(202, invocation.request_id)
         return self._call(function, text, client_context, timeout_seconds)
 

@@ -13,7 +13,6 @@ from concurrent.futures import TimeoutError as FutureTimeout
 import aioboto3
 from redis import asyncio as redis_async
 
-from broker import metrics
 from broker.destinations.base import DeliveryContext, Message
 from broker.destinations.dispatcher import Dispatcher
 from broker.errors import DestinationError
@@ -46,7 +45,6 @@ class Deliveries:
     async def _enqueue_event(self, function_name: str, body: str) -> None:
         invocation = Invocation(function_name, body, InvocationType.EVENT, trigger="async")
         await asyncio.to_thread(self._queue.enqueue, invocation)
-        metrics.ASYNC_RECEIVED.labels(function_name).inc()
 
     def close(self) -> None:
         asyncio.run_coroutine_threadsafe(self._dispatcher.close(), self._loop).result(timeout=10)

@@ -55,6 +55,8 @@ class Invoker:
             if invocation.outcome is not None:
                 return self._deliver(function, invocation)
             if invocation.invocation_type is InvocationType.EVENT:
+                if _first_sight(claim):  # counted where it is scraped: producers may be short-lived CLIs
+                    metrics.ASYNC_RECEIVED.labels(function.function_name).inc()
                 return self._run_event(
                     function,
                     invocation.replace(invoke_count=invocation.invoke_count + max(0, claim.starts - 1)),
@@ -165,3 +167,8 @@ class Invoker:
             kind = "timeout" if result.error_type == "Sandbox.Timedout" else "unhandled"
             metrics.ERRORS.labels(name, invocation.trigger, kind).inc()
         return result
+
+
+def _first_sight(claim: Claim) -> bool:
+    invocation = claim.invocation
+    return claim.starts <= 1 and invocation.invoke_count == 0 and invocation.throttle_count == 0

@@ -10,6 +10,7 @@ import urllib.request
 import pytest
 
 from broker.errors import TooManyRequests
+from broker.model import InvocationType
 
 
 def test_a_handler_gets_lambdas_context_its_environment_and_stays_warm(make_stack):
@@ -146,10 +147,13 @@ def test_the_pool_serves_the_sum_of_its_processes_metrics(make_stack):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
             return answer.read().decode()
 
+    stack.client.invoke("ok", {"n": "async"}, InvocationType.EVENT)
+    stack.wait_for(lambda: 'headwater_async_events_received_total{function="ok"} 1.0' in scrape())
     text = scrape()
     assert 'headwater_invocations_total{function="ok",trigger="sync"} 6.0' in text
+    assert 'headwater_invocations_total{function="ok",trigger="async"} 1.0' in text
     assert 'headwater_invocation_errors_total{error_type="unhandled",function="bad",trigger="sync"} 1.0' in text
-    assert 'headwater_invocation_duration_seconds_count{function="ok"} 6.0' in text
+    assert 'headwater_invocation_duration_seconds_count{function="ok"} 7.0' in text
     assert 'headwater_queue_depth{queue="ok"} 0.0' in text
     cold = sum(
         float(line.split()[-1])
