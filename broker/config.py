@@ -18,21 +18,14 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from broker import destinations
 from broker.errors import ConfigError
 from broker.mapping import EventSourceMapping
-from broker.schema import Model
+from broker.schema import DestinationTarget, Model
 
 HANDLER_PATTERN = re.compile(r"^[A-Za-z_][\w]*(?:[./][A-Za-z_]\w*)*[.:][A-Za-z_]\w*$")
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 class Destination(Model):
-    destination: str | None = None
-
-    @field_validator("destination")
-    @classmethod
-    def _known_kind(cls, value: str | None) -> str | None:
-        if value:
-            destinations.kind_for(value)  # raises ValueError naming the accepted forms
-        return value or None
+    destination: DestinationTarget = None
 
 
 class DestinationConfig(Model):
@@ -47,14 +40,7 @@ class EventInvokeConfig(Model):
 
 
 class DeadLetterConfig(Model):
-    target_arn: str | None = None
-
-    @field_validator("target_arn")
-    @classmethod
-    def _known_kind(cls, value: str | None) -> str | None:
-        if value:
-            destinations.kind_for(value)
-        return value or None
+    target_arn: DestinationTarget = None
 
 
 class Environment(Model):
