@@ -20,6 +20,7 @@ for a live server. Three layers make sure of that:
 
 from __future__ import annotations
 
+import abc
 import atexit
 import contextlib
 import os
@@ -34,6 +35,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
+from types import TracebackType
+from typing import ClassVar, Self
 
 LOOPBACK = "127.0.0.1"
 INSTALL_COMMAND = "scripts/install-test-deps"
@@ -293,6 +296,136 @@ def launch_until_ready(
         else:
             return process
     raise AssertionError("unreachable: attempts must be >= 1")
+
+
+def find_executable(binary: str, *, service: str, hint: str) -> str:
+    """Full path of ``binary`` on PATH, or ``ServiceUnavailableError`` with the install command.
+
+    ``service`` names the service in the message; ``hint`` says what the install
+    command does about it (e.g. "it apt-installs redis-server").
+    """
+    executable = shutil.which(binary)
+    if executable is None:
+        raise ServiceUnavailableError(f"{service}: '{binary}' is not on PATH. Run {INSTALL_COMMAND} ({hint}).")
+    return executable
+
+
+class Service(abc.ABC):
+    """Lifecycle shared by the rigs: a temp dir, a port and one server child process.
+
+    ``start()`` does nothing if the server runs; otherwise it lets the subclass
+    check what it needs and prepare its files (``_prepare``), then spawns the
+    server and polls ``_ready()`` until it serves requests, spawning again on
+    a lost port race (``launch_until_ready``). ``stop()`` keeps the temp dir,
+    ``close()`` deletes it; as a context manager the service is started on
+    entry and closed on exit. Properties that need a started service raise
+    ``RigError("<ClassName> has not been started")`` before that.
+    """
+
+    #: Names the service's temp dir (``headwater-<name>-...``) and its log file (``<name>.log``).
+    name: ClassVar[str]
+
+    def __init__(self, *, start_timeout: float) -> None:
+        self.start_timeout = start_timeout
+        self._workdir: Path | None = None
+        self._port: int | None = None
+        self._process: ManagedProcess | None = None
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise self._not_started()
+        return self._port
+
+    @property
+    def log_path(self) -> Path:
+        """The server's stdout and stderr."""
+        return self._started_workdir() / f"{self.name}.log"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.running
+
+    def start(self) -> None:
+        """Start the server unless it runs, and wait until it serves requests."""
+        if self.running:
+            return
+        spawn = self._prepare()
+        self._process = launch_until_ready(
+            spawn,
+            self._ready,
+            what=self._describe,
+            timeout=self.start_timeout,
+            attempts=self._start_attempts(),
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the server (SIGKILL after ``timeout`` s); its temp dir is kept for ``start()``."""
+        if self._process is not None:
+            self._process.stop(timeout)
+
+    def close(self) -> None:
+        """Stop the server and delete its temp dir (data, config files and log)."""
+        self.stop()
+        self._remove_workdir()
+        self._process = None
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- for subclasses ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _prepare(self) -> Callable[[], ManagedProcess]:
+        """Check what the server needs and set up its files; return what spawns it once.
+
+        Raise ``ServiceUnavailableError`` (naming the service and the install
+        command) if something is missing. The returned function is called again
+        after a lost port race, so it must pick fresh ports if the server may move.
+        """
+
+    @abc.abstractmethod
+    def _ready(self) -> bool:
+        """Whether the spawned server serves requests; ``OSError`` counts as "not yet"."""
+
+    @abc.abstractmethod
+    def _describe(self) -> str:
+        """The server in start-error messages, with its address (e.g. "Redis on HOST:PORT")."""
+
+    def _start_attempts(self) -> int:
+        """How many times ``start()`` may spawn the server (every spawn after the first follows a lost port race)."""
+        return 3
+
+    def _not_started(self) -> RigError:
+        return RigError(f"{type(self).__name__} has not been started")
+
+    def _started_workdir(self) -> Path:
+        if self._workdir is None:
+            raise self._not_started()
+        return self._workdir
+
+    def _make_workdir(self) -> None:
+        """Replace the temp dir (if any) with a new, empty one."""
+        self._remove_workdir()
+        self._workdir = make_workdir(self.name)
+
+    def _remove_workdir(self) -> None:
+        if self._workdir is not None:
+            remove_workdir(self._workdir)
+            self._workdir = None
 
 
 @atexit.register

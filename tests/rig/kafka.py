@@ -12,28 +12,24 @@ so it starts in a few seconds on 2 cores.
 from __future__ import annotations
 
 import base64
-import shutil
 import socket
 import struct
 import subprocess
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import TracebackType
 
 from .common import (
     INSTALL_COMMAND,
     LOOPBACK,
     ManagedProcess,
-    RigError,
+    Service,
     ServiceStartError,
     ServiceUnavailableError,
     cache_dir,
     describe_log,
+    find_executable,
     free_ports,
-    launch_until_ready,
-    make_workdir,
-    remove_workdir,
 )
 
 # Kafka 4.x keeps StorageTool in the Scala core jar under this name.
@@ -54,8 +50,14 @@ def random_cluster_id() -> str:
             return cluster_id
 
 
-class KafkaBroker:
-    """One KRaft Kafka node on free loopback ports, in a private temp dir."""
+class KafkaBroker(Service):
+    """One KRaft Kafka node on free loopback ports, in a private temp dir.
+
+    Every ``start()`` formats a fresh log dir and waits until the broker serves
+    metadata; ``stop()`` is a controlled shutdown, ``close()`` deletes the log dirs.
+    """
+
+    name = "kafka"
 
     def __init__(
         self,
@@ -66,22 +68,13 @@ class KafkaBroker:
         start_timeout: float = 90.0,
         extra_config: Mapping[str, str] | None = None,
     ) -> None:
+        super().__init__(start_timeout=start_timeout)
         self.libs_dir = libs_dir if libs_dir is not None else kafka_libs_dir()
         self.java = java
         self.heap = heap
-        self.start_timeout = start_timeout
         self.extra_config = dict(extra_config or {})
         self.cluster_id = random_cluster_id()
-        self._workdir: Path | None = None
-        self._port: int | None = None
         self._controller_port: int | None = None
-        self._process: ManagedProcess | None = None
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RigError("KafkaBroker has not been started")
-        return self._port
 
     @property
     def bootstrap_servers(self) -> str:
@@ -93,70 +86,23 @@ class KafkaBroker:
         """Kafka version of the jars in ``libs_dir`` (e.g. ``"4.1.1"``)."""
         return self._core_jar().name.removeprefix("kafka_2.13-").removesuffix(".jar")
 
-    @property
-    def log_path(self) -> Path:
-        if self._workdir is None:
-            raise RigError("KafkaBroker has not been started")
-        return self._workdir / "kafka.log"
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.running
-
-    def start(self) -> None:
-        """Format a fresh log dir, start the broker, wait until it serves metadata."""
-        if self.running:
-            return
-        java = shutil.which(self.java)
-        if java is None:
-            raise ServiceUnavailableError(
-                f"Kafka: '{self.java}' is not on PATH. Run {INSTALL_COMMAND} "
-                "(it apt-installs a JDK if there is none)."
-            )
-        self._core_jar()  # fail early, with the install hint, if the jars are missing
-        self._process = launch_until_ready(
-            lambda: self._spawn(java),
-            self._serves_metadata,
-            what=lambda: f"Kafka {self.version} broker on {self.bootstrap_servers}",
-            timeout=self.start_timeout,
-        )
-
     def stop(self, timeout: float = 15.0) -> None:
         """Shut the broker down (SIGTERM: controlled shutdown, SIGKILL after ``timeout``)."""
-        if self._process is not None:
-            self._process.stop(timeout)
-
-    def close(self) -> None:
-        """Stop the broker and delete its log dirs."""
-        self.stop()
-        if self._workdir is not None:
-            remove_workdir(self._workdir)
-            self._workdir = None
-        self._process = None
-
-    def __enter__(self) -> KafkaBroker:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        super().stop(timeout)
 
     # -- internals -----------------------------------------------------------------
 
+    def _prepare(self) -> Callable[[], ManagedProcess]:
+        java = find_executable(self.java, service="Kafka", hint="it apt-installs a JDK if there is none")
+        self._core_jar()  # fail early, with the install hint, if the jars are missing
+        return lambda: self._spawn(java)
+
+    def _describe(self) -> str:
+        return f"Kafka {self.version} broker on {self.bootstrap_servers}"
+
     def _spawn(self, java: str) -> ManagedProcess:
         """Fresh dir, ports, config and formatted storage, then the broker JVM."""
-        if self._workdir is not None:
-            remove_workdir(self._workdir)
-        self._workdir = make_workdir("kafka")
+        self._make_workdir()
         self._port, self._controller_port = free_ports(2)
         self._write_config()
         self._format_storage(java)
@@ -251,7 +197,7 @@ class KafkaBroker:
             message = f"Kafka storage format ({_STORAGE_TOOL}) exited with {result.returncode}."
             raise ServiceStartError(f"{message}\n{describe_log(log)}")
 
-    def _serves_metadata(self) -> bool:
+    def _ready(self) -> bool:
         brokers, controller_id = metadata(LOOPBACK, self.port, timeout=2.0)
         return controller_id >= 0 and (_NODE_ID, LOOPBACK, self.port) in brokers
 

@@ -13,20 +13,9 @@ import importlib.util
 import sys
 import urllib.error
 import urllib.request
-from pathlib import Path
-from types import TracebackType
+from collections.abc import Callable
 
-from .common import (
-    INSTALL_COMMAND,
-    LOOPBACK,
-    ManagedProcess,
-    RigError,
-    ServiceUnavailableError,
-    free_port,
-    launch_until_ready,
-    make_workdir,
-    remove_workdir,
-)
+from .common import INSTALL_COMMAND, LOOPBACK, ManagedProcess, RigError, Service, ServiceUnavailableError, free_port
 
 FAKE_REGION = "us-east-1"
 
@@ -42,34 +31,24 @@ def aws_env(endpoint: str) -> dict[str, str]:
     }
 
 
-class MotoServer:
-    """``python -m moto.server`` on a free loopback port."""
+class MotoServer(Service):
+    """``python -m moto.server`` on a free loopback port; ``start()`` waits until its HTTP API answers."""
+
+    name = "moto"
 
     def __init__(self, *, start_timeout: float = 30.0) -> None:
-        self.start_timeout = start_timeout
-        self._workdir: Path | None = None
-        self._port: int | None = None
-        self._process: ManagedProcess | None = None
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RigError("MotoServer has not been started")
-        return self._port
+        super().__init__(start_timeout=start_timeout)
 
     @property
     def endpoint_url(self) -> str:
         """``http://127.0.0.1:PORT``: the value for ``AWS_ENDPOINT_URL``/``endpoint_url=``."""
         return f"http://{LOOPBACK}:{self.port}"
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.running
+    def reset(self) -> None:
+        """Drop every resource moto holds (queues, functions, tables...)."""
+        self._post("/moto-api/reset")
 
-    def start(self) -> None:
-        """Start moto and wait until its HTTP API answers."""
-        if self.running:
-            return
+    def _prepare(self) -> Callable[[], ManagedProcess]:
         for module in ("moto.server", "flask", "werkzeug"):
             if importlib.util.find_spec(module) is None:
                 raise ServiceUnavailableError(
@@ -77,51 +56,17 @@ class MotoServer:
                     f"{sys.executable}. Run {INSTALL_COMMAND} (it installs moto[server])."
                 )
         if self._workdir is None:
-            self._workdir = make_workdir("moto")
-        self._process = launch_until_ready(
-            self._spawn,
-            self._answers_http,
-            what=lambda: f"moto server on {LOOPBACK}:{self._port}",
-            timeout=self.start_timeout,
-        )
+            self._make_workdir()
+        return self._spawn
 
-    def reset(self) -> None:
-        """Drop every resource moto holds (queues, functions, tables...)."""
-        self._post("/moto-api/reset")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self._process is not None:
-            self._process.stop(timeout)
-
-    def close(self) -> None:
-        """Stop moto and delete its temp dir."""
-        self.stop()
-        if self._workdir is not None:
-            remove_workdir(self._workdir)
-            self._workdir = None
-        self._process = None
-
-    def __enter__(self) -> MotoServer:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+    def _describe(self) -> str:
+        return f"moto server on {LOOPBACK}:{self._port}"
 
     def _spawn(self) -> ManagedProcess:
         assert self._workdir is not None
         self._port = free_port()
         argv = [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(self._port)]
-        process = ManagedProcess("moto", argv, self._workdir / "moto.log", cwd=self._workdir)
+        process = ManagedProcess("moto", argv, self.log_path, cwd=self._workdir)
         process.start()
         return process
 
@@ -131,7 +76,7 @@ class MotoServer:
             if response.status != 200:
                 raise RigError(f"moto POST {path} answered HTTP {response.status}")
 
-    def _answers_http(self) -> bool:
+    def _ready(self) -> bool:
         try:
             with urllib.request.urlopen(f"{self.endpoint_url}/moto-api/data.json", timeout=1.0) as response:
                 return bool(response.status == 200)

@@ -9,39 +9,25 @@ port, which lets a test crash Redis and check what came back.
 
 from __future__ import annotations
 
-import shutil
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 
-from .common import (
-    INSTALL_COMMAND,
-    LOOPBACK,
-    ManagedProcess,
-    RigError,
-    ServiceUnavailableError,
-    free_port,
-    launch_until_ready,
-    make_workdir,
-    remove_workdir,
-)
+from .common import LOOPBACK, ManagedProcess, RigError, Service, find_executable, free_port
 
 
-class RedisServer:
-    """One ``redis-server`` on a free loopback port, with a private data dir."""
+class RedisServer(Service):
+    """One ``redis-server`` on a free loopback port, with a private data dir.
+
+    ``start()`` replays the AOF if Redis ran before and waits for PING;
+    ``stop()`` and ``kill()`` keep the data dir, ``close()`` deletes it and the log.
+    """
+
+    name = "redis"
 
     def __init__(self, *, binary: str = "redis-server", start_timeout: float = 15.0) -> None:
+        super().__init__(start_timeout=start_timeout)
         self.binary = binary
-        self.start_timeout = start_timeout
-        self._workdir: Path | None = None
-        self._port: int | None = None
-        self._process: ManagedProcess | None = None
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RigError("RedisServer has not been started")
-        return self._port
 
     @property
     def url(self) -> str:
@@ -50,48 +36,7 @@ class RedisServer:
 
     @property
     def data_dir(self) -> Path:
-        if self._workdir is None:
-            raise RigError("RedisServer has not been started")
-        return self._workdir / "data"
-
-    @property
-    def log_path(self) -> Path:
-        if self._workdir is None:
-            raise RigError("RedisServer has not been started")
-        return self._workdir / "redis.log"
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.running
-
-    def start(self) -> None:
-        """Start Redis (replaying the AOF if it ran before) and wait for PING."""
-        if self.running:
-            return
-        executable = shutil.which(self.binary)
-        if executable is None:
-            raise ServiceUnavailableError(
-                f"Redis: '{self.binary}' is not on PATH. Run {INSTALL_COMMAND} "
-                "(it apt-installs redis-server)."
-            )
-        if self._workdir is None:
-            self._workdir = make_workdir("redis")
-            self.data_dir.mkdir()
-        # A restart must come back on the same port (clients hold the URL); only
-        # a first start may pick another port after losing a bind race.
-        first_start = self._port is None
-        self._process = launch_until_ready(
-            lambda: self._spawn(executable, new_port=first_start),
-            self._answers_ping,
-            what=lambda: f"Redis on {LOOPBACK}:{self._port}",
-            timeout=self.start_timeout,
-            attempts=3 if first_start else 1,
-        )
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Shut Redis down with SIGTERM; the data dir is kept for ``start()``."""
-        if self._process is not None:
-            self._process.stop(timeout)
+        return self._started_workdir() / "data"
 
     def kill(self) -> None:
         """SIGKILL Redis, as a crash would; the data dir is kept."""
@@ -102,14 +47,6 @@ class RedisServer:
         """Stop Redis if it runs, then start it on the same port and data dir."""
         self.stop()
         self.start()
-
-    def close(self) -> None:
-        """Stop Redis and delete its data dir and log."""
-        self.stop()
-        if self._workdir is not None:
-            remove_workdir(self._workdir)
-            self._workdir = None
-        self._process = None
 
     def command(self, *args: str, timeout: float = 5.0) -> bytes:
         """Send one command and return the first line of the reply (e.g. ``b"+OK"``).
@@ -132,21 +69,21 @@ class RedisServer:
         if reply != b"+OK":
             raise RigError(f"Redis FLUSHALL failed: {reply!r}")
 
-    def __enter__(self) -> RedisServer:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
+    def _prepare(self) -> Callable[[], ManagedProcess]:
+        executable = find_executable(self.binary, service="Redis", hint="it apt-installs redis-server")
+        if self._workdir is None:
+            self._make_workdir()
+            self.data_dir.mkdir()
+        # A restart must come back on the same port (clients hold the URL); only
+        # a first start may pick another port after losing a bind race.
+        first_start = self._port is None
+        return lambda: self._spawn(executable, new_port=first_start)
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+    def _start_attempts(self) -> int:
+        return 3 if self._port is None else 1  # see _prepare: a restart keeps its port
+
+    def _describe(self) -> str:
+        return f"Redis on {LOOPBACK}:{self._port}"
 
     def _spawn(self, executable: str, *, new_port: bool) -> ManagedProcess:
         if new_port:
@@ -168,6 +105,6 @@ class RedisServer:
             "--save", "",
         ]  # fmt: skip
 
-    def _answers_ping(self) -> bool:
+    def _ready(self) -> bool:
         # While replaying the AOF Redis answers "-LOADING ...", which is not ready.
         return self.command("PING", timeout=1.0) == b"+PONG"
