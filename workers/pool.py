@@ -14,6 +14,7 @@ import shutil
 import signal
 import tempfile
 import time
+from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -31,13 +32,29 @@ RESTART_BACKOFF_MAX_SECONDS = 30.0
 log = get_logger(__name__)
 
 
-def worker_main(
-    config_json: str, redis_url: str, function_names: list[str], grace_seconds: float, prefetch: int
-) -> None:
-    """Entry point of one worker process (started with the spawn method, so nothing is inherited)."""
-    logs.configure(os.environ.get("HEADWATER_LOG_LEVEL", "INFO"))
-    config = parse_config(json.loads(config_json))
-    worker = Worker(config, redis_url, function_names, prefetch=prefetch, grace_seconds=grace_seconds)
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything a worker process is started with (the spawn method inherits nothing else)."""
+
+    config_json: str
+    redis_url: str
+    function_names: list[str]
+    grace_seconds: float
+    prefetch: int
+    log_level: str
+
+
+def worker_main(settings: WorkerSettings) -> None:
+    """Entry point of one worker process."""
+    logs.configure(settings.log_level)
+    config = parse_config(json.loads(settings.config_json))
+    worker = Worker(
+        config,
+        settings.redis_url,
+        settings.function_names,
+        prefetch=settings.prefetch,
+        grace_seconds=settings.grace_seconds,
+    )
     worker.install_signal_handlers()
     worker.run()
 
@@ -53,6 +70,7 @@ class Pool:
         grace_seconds: float = 30.0,
         prefetch: int = 8,
         metrics_port: int | None = None,
+        log_level: str = "INFO",
     ) -> None:
         self.config = config
         self.redis_url = redis_url
@@ -60,6 +78,7 @@ class Pool:
         self.grace_seconds = grace_seconds
         self.prefetch = prefetch
         self.metrics_port = metrics_port
+        self.log_level = log_level
         self._slots: list[BaseProcess | None] = [None] * processes
         self._restarts = [0] * processes
         self._context = multiprocessing.get_context("spawn")
@@ -107,8 +126,10 @@ class Pool:
     def _start(self) -> BaseProcess:
         # exclude_unset: a field the file left out must stay unset, or a mapping's source rules refuse it
         config_json = self.config.model_dump_json(by_alias=True, exclude_unset=True)
-        args = (config_json, self.redis_url, self.function_names, self.grace_seconds, self.prefetch)
-        process = self._context.Process(target=worker_main, args=args, name="headwater-worker")
+        settings = WorkerSettings(
+            config_json, self.redis_url, self.function_names, self.grace_seconds, self.prefetch, self.log_level
+        )
+        process = self._context.Process(target=worker_main, args=(settings,), name="headwater-worker")
         process.start()
         return process
 

@@ -7,6 +7,7 @@ that function starts a fresh one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -23,6 +24,7 @@ from broker.model import Invocation, Result, Status
 from workers import sandbox
 
 POLL_SLICE_SECONDS = 0.25
+INIT_TIMEOUT_SECONDS = 10.0  # Lambda's separate limit for the INIT phase (on-demand functions)
 log = get_logger(__name__)
 
 
@@ -42,7 +44,9 @@ class Environment:
         self._connection: Connection | None = None
 
     def invoke(self, invocation: Invocation, should_abort: Callable[[], bool]) -> Result:
-        connection = self._ensure_started()
+        connection = self._warm_connection() or self._start()
+        if isinstance(connection, Result):  # INIT failed or ran out of time: that is this invocation's result
+            return dataclasses.replace(connection, request_id=invocation.request_id)
         deadline = time.time() + self.function.timeout
         request = {
             "request_id": invocation.request_id,
@@ -61,8 +65,6 @@ class Environment:
             answer = json.loads(connection.recv_bytes())
         except (EOFError, OSError):
             return self._exited(invocation)
-        if answer["status"] != "success":
-            self.discard_if_init_failed(answer)
         return Result(
             request_id=invocation.request_id,
             status=Status(answer["status"]),
@@ -70,12 +72,6 @@ class Environment:
             error_type=answer["error_type"],
             duration_seconds=answer.get("duration_seconds", 0.0),
         )
-
-    def discard_if_init_failed(self, answer: dict[str, object]) -> None:
-        if str(answer["error_type"]).startswith("Runtime.") and self._process is not None:
-            self._process.join(timeout=1)
-            if not self._process.is_alive():
-                self.discard()
 
     def discard(self) -> None:
         """Kill the sandbox; the next invocation starts (and counts) a cold start."""
@@ -86,9 +82,12 @@ class Environment:
             self._connection.close()
         self._process = self._connection = None
 
-    def _ensure_started(self) -> Connection:
-        if self._connection is not None and self._process is not None and self._process.is_alive():
-            return self._connection
+    def _warm_connection(self) -> Connection | None:
+        alive = self._process is not None and self._process.is_alive()
+        return self._connection if alive else None
+
+    def _start(self) -> Connection | Result:
+        """A cold start: a new sandbox runs INIT (imports the handler) within its own time limit."""
         self.discard()
         module, attribute = self.function.module_and_attribute
         spec = {
@@ -108,7 +107,25 @@ class Environment:
         child.close()
         self._process, self._connection = process, parent
         metrics.COLD_STARTS.labels(self.function.function_name).inc()
-        return parent
+        return self._await_init(parent)
+
+    def _await_init(self, connection: Connection) -> Connection | Result:
+        if not connection.poll(INIT_TIMEOUT_SECONDS):
+            self.discard()
+            message = f"INIT phase did not finish within {INIT_TIMEOUT_SECONDS:.2f} seconds"
+            log.error(message)
+            body = {"errorType": "Runtime.InitTimeout", "errorMessage": message}
+            return Result("", Status.FUNCTION_ERROR, json.dumps(body), "Runtime.InitTimeout")
+        try:
+            answer = json.loads(connection.recv_bytes())
+        except (EOFError, OSError):
+            self.discard()
+            body = {"errorType": "Runtime.ExitError", "errorMessage": "Runtime exited during INIT"}
+            return Result("", Status.FUNCTION_ERROR, json.dumps(body), "Runtime.ExitError")
+        if answer.get("status") == "ready":
+            return connection
+        self.discard()
+        return Result("", Status.FUNCTION_ERROR, answer["payload"], answer["error_type"])
 
     def _environment_variables(self) -> dict[str, str]:
         name = self.function.function_name

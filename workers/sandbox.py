@@ -36,13 +36,14 @@ def serve(connection: Connection, spec_json: str) -> None:
     os.environ.update(spec["environment"])
     _capture_output()
     handler, init_error = _load_handler(spec["module"], spec["attribute"])
+    # INIT's outcome goes first: the worker starts the function's timeout only once INIT is over.
+    connection.send_bytes(json.dumps(init_error or {"status": "ready"}).encode())
+    if init_error is not None:  # the invocation reports it, and the next one starts a fresh INIT
+        return
     while True:
         try:
             request = json.loads(connection.recv_bytes())
         except (EOFError, OSError):
-            return
-        if init_error is not None:  # Lambda reports an INIT failure on the invocation, then resets
-            connection.send_bytes(json.dumps(init_error).encode())
             return
         connection.send_bytes(json.dumps(_invoke(handler, spec, request)).encode())
 

@@ -118,6 +118,14 @@ def test_runtime_failures_carry_lambdas_error_types(make_stack, handler, error_t
             assert body["errorMessage"] == message
 
 
+def test_init_has_its_own_time_limit_and_does_not_spend_the_function_timeout(make_stack):
+    stack = make_stack([{"FunctionName": "heavy", "Handler": "tests.handlers.slow_init.handler", "Timeout": 1}])
+    stack.start_pool()
+    response = stack.client.invoke("heavy", {})  # INIT takes 1.5 s, the function 1 s
+    assert response.function_error is None
+    assert response.json() == "ran"
+
+
 def test_synchronous_invoke_of_a_function_with_zero_concurrency_is_throttled(make_stack):
     stack = make_stack(
         [{"FunctionName": "off", "Handler": "tests.handlers.core.record", "ReservedConcurrentExecutions": 0}]
