@@ -7,6 +7,7 @@ configuration errors list every problem with its path. Nothing here holds logic 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -59,7 +60,22 @@ def _worker(args: argparse.Namespace) -> int:
         grace_seconds=args.grace_seconds,
         prefetch=args.prefetch,
         metrics_port=args.metrics_port,
+        log_level=args.log_level,
     ).run()
+    return 0
+
+
+def _poll(args: argparse.Namespace) -> int:
+    from broker.supervisor import Supervisor
+
+    asyncio.run(Supervisor(args.config, redis_url(), args.grace_seconds).serve(args.metrics_port))
+    return 0
+
+
+def _mappings(args: argparse.Namespace) -> int:
+    from broker.mapping_state import print_mappings
+
+    print_mappings(args.config, redis_url(), as_json=args.json)
     return 0
 
 
@@ -103,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--grace-seconds", type=float, default=30.0)
     worker.add_argument("--prefetch", type=int, default=8, help="jobs a process claims ahead under backlog")
     worker.add_argument("--metrics-port", type=int, default=None)
+    poll = command("poll", _poll, "run the pollers of every enabled event source mapping")
+    poll.add_argument("--metrics-port", type=int, default=None)
+    poll.add_argument("--grace-seconds", type=float, default=30.0, help="time in-flight batches get to settle")
+    mappings = command("mappings", _mappings, "show each event source mapping as Lambda describes it, with its state")
+    mappings.add_argument("--json", action="store_true", help="Lambda's EventSourceMappingConfiguration JSON")
     dev = command("dev", _dev, "run a private Redis, a worker and example invocations, and show the outcomes")
     dev.add_argument("--serve", action="store_true", help="keep the stack running after the demonstration")
     return parser
@@ -110,7 +131,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    os.environ["HEADWATER_LOG_LEVEL"] = args.log_level  # worker processes read it
     logs.configure(args.log_level)
     try:
         return int(args.handler(args))

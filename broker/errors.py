@@ -9,7 +9,8 @@
     │   ├── InvalidParameterValue      no   InvalidParameterValueException (400)
     │   └── TooManyRequests            yes  TooManyRequestsException (429): throttled
     ├── InvocationTimedOut             yes  a RequestResponse caller gave up waiting
-    └── DestinationError               yes  a destination or DLQ could not be written
+    ├── DestinationError               yes  a destination or DLQ could not be written
+    └── SourceError                    yes  an event source could not be read or acknowledged
 
 Each error carries Lambda's `code` and HTTP `status`, so the CLI, the Python client and any API
 speak the same error language as a Lambda user already knows.
@@ -89,4 +90,15 @@ class DestinationError(HeadwaterError):
     """A record could not be written to its destination; the event is kept and retried."""
 
     code = "DestinationDeliveryFailure"
+    retryable = True
+
+
+class SourceError(HeadwaterError):
+    """An event source did not answer (network, throttling, 5xx); the poller backs off and retries.
+
+    Nothing is acknowledged when this is raised, so the records it concerns come back.
+    """
+
+    code = "EventSourceError"
+    status = 502
     retryable = True

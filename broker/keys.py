@@ -38,6 +38,11 @@ def reply(request_id: str) -> str:
     return f"{PREFIX}:reply:{request_id}"
 
 
+def mapping_state(uuid: str) -> str:
+    """Hash: the State, StateTransitionReason, LastProcessingResult and LastModified of a mapping."""
+    return f"{PREFIX}:mapping:{uuid}"
+
+
 def entry(queue: str, job_id: str) -> str:
     return f"{queue}{ENTRY_SEPARATOR}{job_id}"
 

@@ -14,22 +14,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from broker import destinations
-from broker.schema import Model
+from broker import filtering
+from broker.schema import DestinationTarget, Model
 
 UUID_NAMESPACE = uuid.UUID("5d0c6a3e-9f0b-4c52-8d0e-6b1f2f5f8a11")
 StartingPosition = Literal["TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"]
 
 
 class OnFailure(Model):
-    destination: Annotated[str, Field(max_length=350)] | None = None
-
-    @field_validator("destination")
-    @classmethod
-    def _known_kind(cls, value: str | None) -> str | None:
-        if value:
-            destinations.kind_for(value)
-        return value or None
+    destination: Annotated[DestinationTarget, Field(max_length=350)] = None
 
 
 class MappingDestinationConfig(Model):
@@ -39,9 +32,15 @@ class MappingDestinationConfig(Model):
 class Filter(Model):
     pattern: Annotated[str, Field(max_length=4096)]
 
+    @field_validator("pattern")
+    @classmethod
+    def _supported(cls, value: str) -> str:
+        filtering.compile_pattern(value)  # a ValueError names what is wrong, as Lambda refuses it at create
+        return value
+
 
 class FilterCriteria(Model):
-    filters: Annotated[list[Filter], Field(max_length=10)] = []
+    filters: Annotated[list[Filter], Field(max_length=10)] = Field(default_factory=list)
 
 
 class ScalingConfig(Model):
@@ -53,7 +52,9 @@ class SelfManagedEventSource(Model):
 
 
 class KafkaEventSourceConfig(Model):
-    consumer_group_id: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[ a-zA-Z0-9\-/*:_+=.@]*$")] | None = None
+    consumer_group_id: (
+        Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[ a-zA-Z0-9\-/*:_+=.@]*$")] | None
+    ) = None
 
 
 class SourceAccessConfiguration(Model):
@@ -84,14 +85,18 @@ class EventSourceMapping(Model):
     maximum_record_age_in_seconds: Annotated[int, Field(ge=-1, le=604800)] = -1
     bisect_batch_on_function_error: bool = False
     destination_config: MappingDestinationConfig = MappingDestinationConfig()
-    function_response_types: Annotated[list[Literal["ReportBatchItemFailures"]], Field(max_length=1)] = []
+    function_response_types: Annotated[list[Literal["ReportBatchItemFailures"]], Field(max_length=1)] = Field(
+        default_factory=list
+    )
     filter_criteria: FilterCriteria = FilterCriteria()
     scaling_config: ScalingConfig = ScalingConfig()
     tumbling_window_in_seconds: Annotated[int, Field(ge=0, le=900)] = 0
     topics: Annotated[list[str], Field(min_length=1, max_length=1)] | None = None
     self_managed_event_source: SelfManagedEventSource | None = None
     self_managed_kafka_event_source_config: KafkaEventSourceConfig = KafkaEventSourceConfig()
-    source_access_configurations: Annotated[list[SourceAccessConfiguration], Field(max_length=23)] = []
+    source_access_configurations: Annotated[list[SourceAccessConfiguration], Field(max_length=23)] = Field(
+        default_factory=list
+    )
 
     @model_validator(mode="before")
     @classmethod

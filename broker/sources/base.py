@@ -169,6 +169,14 @@ class Source(ABC):
     """
 
     retries_in_place: ClassVar[bool] = False
+    # Lambda turns "retry forever" (-1) into this many retries when an on-failure destination is
+    # set; only Kafka does so (10). None: -1 stays infinite, bounded by the record age.
+    retry_cap_with_on_failure: ClassVar[int | None] = None
+    # How Lambda's API describes this source's mappings: the StateTransitionReason of a state the
+    # user asked for ("USER_INITIATED" for SQS, "User action" for streams), and whether
+    # LastProcessingResult is part of the shape (streams and Kafka; SQS has none).
+    user_action_reason: ClassVar[str] = "User action"
+    reports_processing_result: ClassVar[bool] = True
 
     def __init__(self, mapping: EventSourceMapping, context: SourceContext) -> None:
         self.mapping = mapping
@@ -192,7 +200,16 @@ class Source(ABC):
         return 1
 
     async def keep_alive(self, batches: list[Batch]) -> None:
-        """Called every few seconds for batches in flight (extend SQS visibility; heartbeat)."""
+        """Called often (every half second) for the batches in flight: extend SQS visibility, heartbeat."""
+
+    def owns(self, batch: Batch) -> bool:
+        """Whether this poller still holds the batch's lane; a lost lane (Kafka rebalance, lost
+        Kinesis lease) means another poller re-reads the records, so retrying here is wasted."""
+        return True
+
+    def item_id_of(self, identifier: Any) -> str | None:
+        """The `item_id` a `batchItemFailures` identifier names; None when it is malformed."""
+        return identifier if isinstance(identifier, str) and identifier else None
 
     def failure_record_info(self, batch: Batch) -> dict[str, Any]:
         """The source's part of an on-failure record (`KafkaBatchInfo`, `KinesisBatchInfo`...)."""
@@ -210,6 +227,7 @@ class SourceContext:
     region: str
     function_timeout_seconds: int
     kafka_bootstrap_servers: str | None = None
+    account_id: str = "000000000000"  # for the function ARN in on-failure records
     extras: dict[str, Any] = field(default_factory=dict)
 
 

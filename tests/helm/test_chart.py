@@ -75,8 +75,7 @@ def tool(name: str) -> str:
     if found:
         return found
     pytest.fail(
-        f"{name} is not installed (looked on PATH and in {cache_bin}); "
-        "install it with: scripts/install-tools",
+        f"{name} is not installed (looked on PATH and in {cache_bin}); install it with: scripts/install-tools",
         pytrace=False,
     )
 

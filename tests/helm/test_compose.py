@@ -101,9 +101,7 @@ def test_prometheus_scrapes_headwater_and_loads_the_rules() -> None:
     assert config["rule_files"] == ["/etc/prometheus/rules/*.yaml"]
     rules = [source for target, source in mounts.items() if target.startswith("/etc/prometheus/rules/")]
     assert rules == [ROOT / "deploy" / "helm" / "headwater" / "rules" / "alerts.yaml"]
-    (job,) = [
-        j for j in config["scrape_configs"] if j["job_name"] == "headwater"
-    ]  # alerts use job="headwater"
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "headwater"]  # alerts use job="headwater"
     targets = {t for group in job["static_configs"] for t in group["targets"]}
     assert targets == {"worker:9100", "poller:9100"}
 
@@ -112,9 +110,7 @@ def test_grafana_is_provisioned_with_the_chart_dashboards() -> None:
     service = compose()["services"]["grafana"]
     mounts = {target: source for source, target in bind_mounts(service)}
     provisioning = mounts["/etc/grafana/provisioning"]
-    (datasource,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yaml").read_text())[
-        "datasources"
-    ]
+    (datasource,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yaml").read_text())["datasources"]
     assert datasource["url"] == "http://prometheus:9090"
     (provider,) = yaml.safe_load((provisioning / "dashboards" / "headwater.yaml").read_text())["providers"]
     dashboards = mounts[provider["options"]["path"]]

@@ -1,4 +1,4 @@
-"""Amazon SQS queues (standard and FIFO) as event sources."""
+"""What an SQS mapping is: a queue ARN, BatchSize 10 and no window by default, FIFO's limits."""
 
 from __future__ import annotations
 
@@ -10,7 +10,11 @@ from broker.sources.base import SourceKind, register
 if TYPE_CHECKING:
     from broker.mapping import EventSourceMapping
 
-QUEUE_ARN = re.compile(r"^arn:aws[\w-]*:sqs:[\w-]+:\d{12}:[\w-]{1,80}(\.fifo)?$")
+QUEUE_ARN = re.compile(r"^arn:aws[\w-]*:sqs:(?P<region>[\w-]+):(?P<account>\d{12}):(?P<name>[\w-]{1,80}(\.fifo)?)$")
+
+BATCH_WINDOW_REQUIRED = (  # Lambda's InvalidParameterValueException message, word for word
+    "Maximum batch window in seconds must be greater than 0 if maximum batch size is greater than 10"
+)
 
 
 @register
@@ -22,7 +26,8 @@ class SqsKind(SourceKind):
 
     @classmethod
     def matches(cls, event_source_arn: str | None, self_managed: bool) -> bool:
-        return bool(event_source_arn and event_source_arn.startswith("arn:") and ":sqs:" in event_source_arn)
+        arn = event_source_arn or ""
+        return arn.startswith("arn:") and ":sqs:" in arn
 
     @classmethod
     def rules(cls, mapping: EventSourceMapping) -> list[str]:
@@ -37,9 +42,7 @@ class SqsKind(SourceKind):
             if window > 0:
                 problems.append("MaximumBatchingWindowInSeconds applies to standard queues only, not FIFO")
         elif mapping.batch_size > 10 and window < 1:
-            problems.append(
-                "Maximum batch window in seconds must be greater than 0 if maximum batch size is greater than 10"
-            )
+            problems.append(BATCH_WINDOW_REQUIRED)
         if window != int(window):
             problems.append("MaximumBatchingWindowInSeconds must be whole seconds for SQS")
         return problems

@@ -1,0 +1,164 @@
+"""One enabled mapping inside the poller process: start its source, poll it, record its states.
+
+`Creating` while the source is checked (a refusal, such as a function timeout above the queue's
+visibility timeout, ends in `Disabled` with the reason; an unreachable source is retried), then
+`Enabled` while polling. `disable()` passes through `Disabling` (in-flight batches settle) to
+`Disabled`. A poller that crashes on an unexpected error is logged with its traceback, counted,
+and restarted with backoff: one broken mapping never stops the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from redis import asyncio as redis_async
+
+from broker import metrics
+from broker.config import Function, Settings
+from broker.destinations.base import DeliveryContext
+from broker.destinations.dispatcher import Dispatcher
+from broker.errors import ConfigError, SourceError
+from broker.logs import get_logger
+from broker.mapping import EventSourceMapping
+from broker.mapping_state import MappingStates, ProcessingResult, State
+from broker.poller import Poller, wait_or_timeout
+from broker.sender import Sender
+from broker.sources.base import Source, SourceContext, kind_of, runtime_for
+
+RESTART_BACKOFF_MAX_SECONDS = 60.0
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Services:
+    """What every mapping of the process shares."""
+
+    settings: Settings
+    sender: Sender
+    states: MappingStates
+    redis: redis_async.Redis
+    aws_session: Any
+    delivery: DeliveryContext
+
+
+class MappingRunner:
+    def __init__(self, mapping: EventSourceMapping, function: Function, services: Services) -> None:
+        self.mapping = mapping
+        self.function = function
+        self._services = services
+        self._stopping = asyncio.Event()
+        self._disabling = False
+        self._poller: Poller | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return self._poller.in_flight if self._poller is not None else 0
+
+    def stop(self) -> None:
+        """Stop reading; batches in flight finish. The mapping stays Enabled (a process restart)."""
+        self._stopping.set()
+        if self._poller is not None:
+            self._poller.stop()
+
+    async def disable(self) -> None:
+        """The mapping was turned off: Disabling now, Disabled once its batches have settled."""
+        if not self._disabling:
+            self._disabling = True
+            await self._services.states.transition(self.mapping, State.DISABLING)
+        self.stop()
+
+    async def run(self) -> None:
+        source_class = runtime_for(self.mapping)
+        if source_class is None:
+            reason = (
+                f"ESM_CONFIG_NOT_VALID: this Headwater has no poller for {kind_of(self.mapping).label} "
+                "event sources yet"
+            )
+            log.error("event source mapping cannot run", mapping=self.mapping.uuid, reason=reason)
+            await self._services.states.transition(self.mapping, State.DISABLED, reason)
+            return
+        await self._services.states.transition(self.mapping, State.CREATING)
+        refusal = await self._run_until_stopped(source_class)
+        if refusal is not None:
+            reason = f"FUNCTION_CONFIG_NOT_VALID: {'; '.join(refusal.problems)}"
+            log.error("event source mapping refused", mapping=self.mapping.uuid, reason=reason)
+            await self._services.states.transition(self.mapping, State.DISABLED, reason)
+        elif self._disabling:
+            await self._services.states.transition(self.mapping, State.DISABLED)
+
+    async def _run_until_stopped(self, source_class: type[Source]) -> ConfigError | None:
+        """Poll, restarting after crashes, until stopped; or return what the source refused."""
+        crashes = 0
+        while not self._stopping.is_set():
+            try:
+                await self._run_once(source_class(self.mapping, self._source_context()))
+            except ConfigError as refusal:
+                return refusal
+            except Exception:  # a bug or an unforeseen failure: keep the other mappings running
+                crashes += 1
+                metrics.POLLER_CRASHES.labels(self.mapping.uuid, self.mapping.source_kind).inc()
+                log.exception("poller crashed; restarting", mapping=self.mapping.uuid, crashes=crashes)
+                await wait_or_timeout(self._stopping, min(RESTART_BACKOFF_MAX_SECONDS, 2.0**crashes))
+        return None
+
+    async def _run_once(self, source: Source) -> None:
+        servers = _bootstrap_servers(self.mapping)
+        dispatcher = Dispatcher(dataclasses.replace(self._services.delivery, kafka_bootstrap_servers=servers))
+        try:
+            if not await self._start(source):
+                return
+            await self._services.states.transition(self.mapping, State.ENABLED)
+            await self._services.states.processing_result(self.mapping, ProcessingResult.NONE)
+            self._poller = Poller(
+                self.mapping,
+                self.function,
+                source,
+                sender=self._services.sender,
+                send=dispatcher.send,
+                settings=self._services.settings,
+                report=self._report,
+            )
+            if self._stopping.is_set():
+                self._poller.stop()
+            await self._poller.run()
+        finally:
+            self._poller = None
+            await source.stop()
+            await dispatcher.close()
+
+    async def _start(self, source: Source) -> bool:
+        """Start the source, retrying while it cannot be reached; False when stopped meanwhile."""
+        delay = 1.0
+        while not self._stopping.is_set():
+            try:
+                await source.start()
+            except SourceError as error:
+                log.warning("event source unreachable; retrying", mapping=self.mapping.uuid, error=str(error))
+                await wait_or_timeout(self._stopping, delay)
+                delay = min(RESTART_BACKOFF_MAX_SECONDS, delay * 2)
+            else:
+                return True
+        return False
+
+    async def _report(self, result: ProcessingResult) -> None:
+        await self._services.states.processing_result(self.mapping, result)
+
+    def _source_context(self) -> SourceContext:
+        settings = self._services.settings
+        return SourceContext(
+            aws_session=self._services.aws_session,
+            region=settings.region,
+            function_timeout_seconds=self.function.timeout,
+            kafka_bootstrap_servers=_bootstrap_servers(self.mapping),
+            account_id=settings.account_id,
+        )
+
+
+def _bootstrap_servers(mapping: EventSourceMapping) -> str | None:
+    """A Kafka mapping's cluster: where a `kafka://topic` on-failure destination is written."""
+    source = mapping.self_managed_event_source
+    servers = source.endpoints.get("KAFKA_BOOTSTRAP_SERVERS", []) if source is not None else []
+    return ",".join(servers) or None

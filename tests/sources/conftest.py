@@ -1,0 +1,159 @@
+"""Fixtures for the event source tests: one real worker pool for the session, a `Stack` per test,
+and the SQS harness (queues on the moto server, over HTTP)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aioboto3
+import pytest
+import yaml
+from redis import Redis
+
+from tests.rig import MotoServer, RedisServer
+from tests.rig.common import ManagedProcess, make_workdir, remove_workdir
+from tests.sources.contract import REPO_ROOT, Stack, functions
+
+VISIBILITY_TIMEOUT_SECONDS = 2  # the recorder's Timeout: the shortest Lambda accepts for it
+WORKER_PROCESSES = 2
+
+
+@pytest.fixture(scope="session")
+def worker_pool(redis_server: RedisServer, moto_server: MotoServer) -> Iterator[ManagedProcess]:
+    """`headwater worker` with two processes serving every test function, for the whole session.
+
+    Prefetch 1: a process claims one batch at a time, so two batches run side by side whenever
+    two are waiting (what the parallel and backlog tests measure).
+    """
+    directory = make_workdir("source-workers")
+    config = directory / "workers.yaml"
+    config.write_text(yaml.safe_dump({"Functions": functions(redis_server.url)}))
+    argv = [sys.executable, "-m", "broker.cli", "worker", "--config", str(config),
+            "--processes", str(WORKER_PROCESSES), "--prefetch", "1", "--grace-seconds", "5"]  # fmt: skip
+    env = {**os.environ, "HEADWATER_REDIS_URL": redis_server.url, "PYTHONPATH": str(REPO_ROOT)}
+    pool = ManagedProcess("headwater-worker", argv, directory / "worker.log", cwd=REPO_ROOT, env=env)
+    pool.start()
+    redis = Redis.from_url(redis_server.url)
+    deadline = time.monotonic() + 30
+    while redis.zcard("headwater:workers") < WORKER_PROCESSES:
+        if time.monotonic() > deadline or not pool.running:
+            pytest.fail(f"the worker pool did not start:\n{pool.tail()}", pytrace=False)
+        time.sleep(0.05)
+    redis.close()
+    yield pool
+    pool.stop(timeout=30)
+    remove_workdir(directory)
+
+
+@pytest.fixture
+async def stack(
+    redis_url: str, aws_env: dict[str, str], worker_pool: ManagedProcess, tmp_path: Path
+) -> AsyncIterator[Stack]:
+    env = {**os.environ, **aws_env, "HEADWATER_REDIS_URL": redis_url, "PYTHONPATH": str(REPO_ROOT)}
+    running = Stack(redis_url, tmp_path, env)
+    yield running
+    await running.close()
+    assert worker_pool.running, f"the worker pool died:\n{worker_pool.tail()}"
+
+
+@pytest.fixture
+async def sqs(aws_env: dict[str, str]) -> AsyncIterator[Any]:
+    async with aioboto3.Session().client("sqs") as client:
+        yield client
+
+
+class SqsHarness:
+    """The contract's view of SQS: a fresh queue per test on the moto server."""
+
+    redelivery_seconds = VISIBILITY_TIMEOUT_SECONDS + 1
+    retries_after_failure_in_place = False
+    # Real SQS hands a FIFO group back from its oldest message. moto 5.2.1 does not: when several
+    # messages of a group become visible together, its receive skips each one while another of the
+    # group is still marked pending, so the *last* comes out first. The broker's part (the later
+    # messages are not deleted, first deliveries are in order) is still checked.
+    redelivers_in_order = False
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.url = ""
+        self.arn = ""
+
+    async def create(
+        self,
+        *,
+        ordered: bool = False,
+        visibility_timeout: int = VISIBILITY_TIMEOUT_SECONDS,
+        attributes: dict[str, str] | None = None,
+    ) -> None:
+        name = f"q-{uuid.uuid4().hex[:12]}" + (".fifo" if ordered else "")
+        settings = {"VisibilityTimeout": str(visibility_timeout), **(attributes or {})}
+        if ordered:
+            settings["FifoQueue"] = "true"
+        self.url, self.arn = await self.new_queue(name, settings)
+
+    async def new_queue(self, name: str, attributes: dict[str, str]) -> tuple[str, str]:
+        url = (await self.client.create_queue(QueueName=name, Attributes=attributes))["QueueUrl"]
+        answer = await self.client.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+        return str(url), str(answer["Attributes"]["QueueArn"])
+
+    async def send(self, bodies: list[dict[str, Any]], lane: str | None = None, **message: Any) -> list[str]:
+        """Send in batches of ten, in order; returns the message ids."""
+        ids = []
+        for start in range(0, len(bodies), 10):
+            entries = []
+            for index, body in enumerate(bodies[start : start + 10]):
+                entry = {"Id": str(index), "MessageBody": json.dumps(body), **message}
+                if lane is not None:
+                    entry |= {"MessageGroupId": lane, "MessageDeduplicationId": f"{body['ns']}-{body['id']}"}
+                entries.append(entry)
+            answer = await self.client.send_message_batch(QueueUrl=self.url, Entries=entries)
+            assert not answer.get("Failed"), answer
+            ids += [item["MessageId"] for item in sorted(answer["Successful"], key=lambda item: int(item["Id"]))]
+        return ids
+
+    def mapping(self, function: str = "recorder", **fields: Any) -> dict[str, Any]:
+        return {"FunctionName": function, "EventSourceArn": self.arn, **fields}
+
+    async def unacknowledged(self, url: str | None = None) -> int:
+        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+                 "ApproximateNumberOfMessagesDelayed"]  # fmt: skip
+        answer = await self.client.get_queue_attributes(QueueUrl=url or self.url, AttributeNames=names)
+        return sum(int(answer["Attributes"].get(name, 0)) for name in names)
+
+    def check_event(self, event: dict[str, Any], bodies: list[dict[str, Any]]) -> None:
+        """Lambda's SQS event (spec §2.1), field for field, for messages without attributes."""
+        assert list(event) == ["Records"]
+        assert [json.loads(record["body"]) for record in event["Records"]] == bodies
+        for record in event["Records"]:
+            assert list(record) == [
+                "messageId", "receiptHandle", "body", "attributes", "messageAttributes",
+                "md5OfMessageAttributes", "md5OfBody", "eventSource", "eventSourceARN", "awsRegion",
+            ]  # fmt: skip
+            assert list(record["attributes"]) == [
+                "ApproximateReceiveCount", "SentTimestamp", "SenderId", "ApproximateFirstReceiveTimestamp",
+            ]  # fmt: skip
+            assert all(isinstance(value, str) for value in record["attributes"].values())
+            assert record["attributes"]["ApproximateReceiveCount"] == "1"
+            assert record["messageAttributes"] == {}
+            assert record["md5OfMessageAttributes"] is None
+            assert record["md5OfBody"] == _md5(record["body"])
+            assert (record["eventSource"], record["eventSourceARN"], record["awsRegion"]) == (
+                "aws:sqs", self.arn, "us-east-1",
+            )  # fmt: skip
+
+
+def _md5(text: str) -> str:
+    return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
+
+
+@pytest.fixture
+async def harness(sqs: Any) -> SqsHarness:
+    return SqsHarness(sqs)
