@@ -1,4 +1,4 @@
-"""Apache Kafka (self-managed or MSK) topics as event sources."""
+"""What a Kafka mapping is: how it is recognised, its defaults (BatchSize 100, a 500 ms window), its rules."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from broker.sources.base import STREAM_FIELDS, SourceKind, register, stream_rule
 
 if TYPE_CHECKING:
     from broker.mapping import EventSourceMapping
+
+SASL_TYPES = frozenset({"BASIC_AUTH", "SASL_SCRAM_256_AUTH", "SASL_SCRAM_512_AUTH"})
 
 
 @register
@@ -42,4 +44,9 @@ class KafkaKind(SourceKind):
         window = mapping.maximum_batching_window_in_seconds
         if window != 0.5 and window != int(window):
             problems.append("MaximumBatchingWindowInSeconds must be whole seconds (or the 0.5 default)")
+        if mapping.on_failure_destination in {f"kafka://{topic}" for topic in mapping.topics or []}:
+            problems.append("DestinationConfig.OnFailure cannot be the mapping's own topic")
+        sasl = [c.type for c in mapping.source_access_configurations if c.type in SASL_TYPES]
+        if len(sasl) > 1:
+            problems.append(f"SourceAccessConfigurations: one SASL method at most (got {', '.join(sasl)})")
         return problems

@@ -1,0 +1,148 @@
+"""Kafka records in Lambda's shapes: the invocation event and the `KafkaBatchInfo` of a failure record.
+
+The event is what Lambda hands a self-managed Kafka (or MSK) handler: records grouped under
+`"<topic>-<partition>"`, key and value in base64, timestamps in epoch milliseconds, and headers
+as a list of one-key objects whose values are Java's signed bytes (-128..127), which is how a
+handler written for Lambda decodes them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from broker.records import iso_timestamp
+from broker.sources.base import Batch, Record
+from broker.sources.kafka.lanes import Position
+
+TIMESTAMP_TYPES = {0: "CREATE_TIME", 1: "LOG_APPEND_TIME"}
+
+
+def lane_name(topic: str, partition: int) -> str:
+    return f"{topic}-{partition}"
+
+
+def item_id(topic: str, partition: int, offset: int) -> str:
+    """A record's `item_id`: Lambda's `{"partition": "topic-p", "offset": n}` identifier as `topic-p@n`."""
+    return f"{lane_name(topic, partition)}@{offset}"
+
+
+def item_id_of(identifier: Any) -> str | None:
+    """Read a `batchItemFailures` identifier; None when it is not `{"partition": str, "offset": int}`."""
+    if not isinstance(identifier, dict):
+        return None
+    partition, offset = identifier.get("partition"), identifier.get("offset")
+    if isinstance(offset, str) and offset.isdigit():
+        offset = int(offset)
+    if not isinstance(partition, str) or not partition or isinstance(offset, bool) or not isinstance(offset, int):
+        return None
+    return f"{partition}@{offset}"
+
+
+# JSON text around one record beyond its key, value and headers: field names, topic, numbers.
+RECORD_OVERHEAD_BYTES = 160
+
+
+def record(message: Any, epoch: int, filtered: bool) -> Record:
+    """One consumed aiokafka `ConsumerRecord` as a Record holding its Lambda event entry.
+
+    This runs for every record, so it does only what every record needs: the value is decoded for
+    FilterCriteria only when the mapping has filters, and the size is counted from the parts
+    (an upper bound of the JSON text, which is what the 6 MB cap needs) instead of by encoding."""
+    entry: dict[str, Any] = {
+        "topic": message.topic,
+        "partition": message.partition,
+        "offset": message.offset,
+        "timestamp": message.timestamp,
+        "timestampType": TIMESTAMP_TYPES.get(message.timestamp_type, "CREATE_TIME"),
+    }
+    if message.key is not None:  # Lambda's form for a null key is unconfirmed; it is left out
+        entry["key"] = _base64(message.key)
+    entry["value"] = None if message.value is None else _base64(message.value)
+    entry["headers"] = [{name: _java_bytes(value)} for name, value in message.headers]
+    return Record(
+        item_id=item_id(message.topic, message.partition, message.offset),
+        lane=lane_name(message.topic, message.partition),
+        event=entry,
+        size_bytes=_size(entry),
+        arrived_at=message.timestamp / 1000,
+        filter_view=_filter_view(entry, message.value) if filtered else entry,
+        handle=Position(message.offset, epoch),
+    )
+
+
+def event(batch: Batch, bootstrap_servers: str, cluster_arn: str | None) -> dict[str, Any]:
+    """Lambda's event: `SelfManagedKafka`, or `aws:kafka` with the cluster ARN for MSK."""
+    records: dict[str, list[dict[str, Any]]] = {}
+    for item in batch.records:
+        records.setdefault(item.lane or "", []).append(item.event)
+    if cluster_arn:
+        return {
+            "eventSource": "aws:kafka",
+            "eventSourceArn": cluster_arn,
+            "bootstrapServers": bootstrap_servers,
+            "records": records,
+        }
+    return {"eventSource": "SelfManagedKafka", "bootstrapServers": bootstrap_servers, "records": records}
+
+
+def batch_info(batch: Batch, bootstrap_servers: str, cluster_arn: str | None) -> dict[str, Any]:
+    """The `KafkaBatchInfo` of an on-failure record: metadata only, never the records' data."""
+    ranges: dict[str, dict[str, str]] = {}
+    for item in batch.records:
+        offset, moment = str(item.event["offset"]), iso_timestamp(item.event["timestamp"] / 1000)
+        span = ranges.setdefault(item.lane or "", {"firstRecordOffset": offset, "firstRecordTimestamp": moment})
+        span["lastRecordOffset"], span["lastRecordTimestamp"] = offset, moment
+    info: dict[str, Any] = {"batchSize": len(batch)}
+    if cluster_arn:
+        info["eventSourceArn"] = cluster_arn
+    info["bootstrapServers"] = bootstrap_servers
+    info["payloadSize"] = len(json.dumps(event(batch, bootstrap_servers, cluster_arn)).encode())
+    info["recordsInfo"] = {
+        lane: {
+            key: span[key]
+            for key in (
+                "firstRecordOffset",
+                "lastRecordOffset",
+                "firstRecordTimestamp",
+                "lastRecordTimestamp",
+            )
+        }
+        for lane, span in ranges.items()
+    }
+    return {"KafkaBatchInfo": info}
+
+
+def _size(entry: dict[str, Any]) -> int:
+    header_bytes = sum(
+        len(name) + 5 * len(values) + 8 for header in entry["headers"] for name, values in header.items()
+    )
+    return (
+        RECORD_OVERHEAD_BYTES
+        + len(entry["topic"])
+        + len(entry.get("key") or "")
+        + len(entry["value"] or "")
+        + header_bytes
+    )
+
+
+def _base64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _java_bytes(data: bytes | None) -> list[int]:
+    """Bytes as Java's signed `byte[]`: 0xC3 becomes -61."""
+    return [value - 256 if value > 127 else value for value in (data or b"")]
+
+
+def _filter_view(entry: dict[str, Any], value: bytes | None) -> dict[str, Any]:
+    """What FilterCriteria see: the record's metadata, and its value decoded (as JSON when it is JSON)."""
+    view = dict(entry)
+    if value is not None:
+        text = value.decode("utf-8", errors="replace")
+        try:
+            view["value"] = json.loads(text)
+        except ValueError:
+            view["value"] = text
+    return view

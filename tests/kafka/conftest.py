@@ -1,0 +1,252 @@
+"""A running Kafka mapping for the tests: a fresh topic, a config file, a real `headwater worker`
+pool, poller processes, and Kafka-side helpers (produce, read a topic, committed offsets)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from redis import Redis
+
+from tests.handlers import kafka_handlers
+from tests.rig import KafkaBroker, free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PARTITIONS = 3
+# A dead poller's partitions move once its session expires: the broker's minimum (6 s), not 45 s.
+CONSUMER_OPTIONS = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 500}
+
+
+def poller_command(config_path: Path, metrics_port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "broker.cli",
+        "poll",
+        "--config",
+        str(config_path),
+        "--metrics-port",
+        str(metrics_port),
+        "--grace-seconds",
+        "10",
+    ]
+
+
+@dataclass
+class KafkaStack:
+    broker: KafkaBroker
+    redis_url: str
+    directory: Path
+    topic: str = field(default_factory=lambda: f"orders-{uuid.uuid4().hex[:8]}")
+    group: str = field(default_factory=lambda: f"group-{uuid.uuid4().hex[:8]}")
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    metrics_ports: dict[int, int] = field(default_factory=dict)  # poller pid -> port
+
+    def __post_init__(self) -> None:
+        self.redis = Redis.from_url(self.redis_url)
+        self.config_path = self.directory / "headwater.yaml"
+        self.env = {
+            **os.environ,
+            "HEADWATER_REDIS_URL": self.redis_url,
+            "TEST_REDIS_URL": self.redis_url,
+            "HEADWATER_KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap_servers,
+            "HEADWATER_KAFKA_CONSUMER_OPTIONS": json.dumps(CONSUMER_OPTIONS),
+            "PYTHONPATH": str(REPO_ROOT),
+        }
+
+    # -- configuration and processes ----------------------------------------------------------------
+    def configure(self, handler: str, timeout: int = 30, **mapping: Any) -> None:
+        """One function (tests.handlers.kafka_handlers.HANDLER) and one mapping on this topic."""
+        document = {
+            "Functions": [
+                {"FunctionName": "consumer", "Handler": f"tests.handlers.kafka_handlers.{handler}", "Timeout": timeout}
+            ],
+            "EventSourceMappings": [
+                {
+                    "FunctionName": "consumer",
+                    "SelfManagedEventSource": {
+                        "Endpoints": {"KAFKA_BOOTSTRAP_SERVERS": [self.broker.bootstrap_servers]}
+                    },
+                    "SelfManagedKafkaEventSourceConfig": {"ConsumerGroupId": self.group},
+                    "Topics": [self.topic],
+                    "StartingPosition": "TRIM_HORIZON",
+                    **mapping,
+                }
+            ],
+        }
+        self.config_path.write_text(yaml.safe_dump(document))
+
+    def _spawn(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
+        with (self.directory / f"{name}-{len(self.processes)}.log").open("wb") as log:  # the child keeps its copy
+            process = subprocess.Popen(command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.processes.append(process)
+        return process
+
+    def start_workers(self, processes: int = 2) -> subprocess.Popen[bytes]:
+        return self._spawn(
+            "worker",
+            [
+                sys.executable,
+                "-m",
+                "broker.cli",
+                "worker",
+                "--config",
+                str(self.config_path),
+                "--processes",
+                str(processes),
+                "--grace-seconds",
+                "5",
+            ],
+        )
+
+    def start_poller(self) -> subprocess.Popen[bytes]:
+        port = free_port()
+        process = self._spawn("poller", poller_command(self.config_path, port))
+        self.metrics_ports[process.pid] = port
+        return process
+
+    def logs(self) -> str:
+        return "".join(
+            f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}"
+            for path in sorted(self.directory.glob("*.log"))
+        )
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    # -- what the handlers noted ----------------------------------------------------------------------
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(item)["event"] for item in self.redis.lrange(kafka_handlers.EVENTS, 0, -1)]
+
+    def open_gate(self, batches: int = 1) -> None:
+        self.redis.rpush(kafka_handlers.GATE, *["go"] * batches)
+
+    async def wait_for(self, condition: Callable[[], Awaitable[Any] | Any], within: float = 45.0) -> Any:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if any(p.poll() not in (None, 0, -signal.SIGKILL, -signal.SIGTERM) for p in self.processes):
+                raise AssertionError(f"a process died:\n{self.logs()}")
+            value = condition()
+            if asyncio.iscoroutine(value):
+                value = await value
+            if value:
+                return value
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"condition not met within {within} s\n{self.logs()}")
+
+    # -- Kafka side -------------------------------------------------------------------------------------
+    async def create_topic(self, name: str | None = None, partitions: int = PARTITIONS) -> str:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.broker.bootstrap_servers)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(name or self.topic, num_partitions=partitions, replication_factor=1)])
+        finally:
+            await admin.close()
+        return name or self.topic
+
+    async def produce(self, *messages: dict[str, Any]) -> None:
+        """Each message: value (str), optional partition, key (str), headers [(name, bytes)]."""
+        producer = AIOKafkaProducer(bootstrap_servers=self.broker.bootstrap_servers)
+        await producer.start()
+        try:
+            for message in messages:
+                key = message.get("key")
+                await producer.send_and_wait(
+                    message.get("topic", self.topic),
+                    message["value"].encode(),
+                    key=key.encode() if key else None,
+                    partition=message.get("partition", 0),
+                    headers=message.get("headers"),
+                )
+        finally:
+            await producer.stop()
+
+    async def committed(self) -> dict[int, int]:
+        """The mapping group's committed offset per partition of the topic."""
+        return await self.committed_for(self.group)
+
+    async def committed_for(self, group: str) -> dict[int, int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.broker.bootstrap_servers)
+        await admin.start()
+        try:
+            offsets = await admin.list_consumer_group_offsets(group)
+        finally:
+            await admin.close()
+        return {
+            tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == self.topic and meta.offset >= 0
+        }
+
+    async def read_topic(self, topic: str, count: int, within: float = 30.0) -> list[Any]:
+        """The first `count` messages of every partition of `topic`, read without a group."""
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.broker.bootstrap_servers, auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(topic, p) for p in sorted(await _partitions_of(consumer, topic))]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            messages: list[Any] = []
+            deadline = time.monotonic() + within
+            while len(messages) < count and time.monotonic() < deadline:
+                for batch in (await consumer.getmany(timeout_ms=500)).values():
+                    messages.extend(batch)
+            return messages
+        finally:
+            await consumer.stop()
+
+    def owned_partitions(self, process: subprocess.Popen[bytes]) -> set[int]:
+        """The partitions a poller reports an offset lag for on /metrics: those it holds."""
+        import urllib.request
+
+        port = self.metrics_ports[process.pid]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
+                text = answer.read().decode()
+        except OSError:
+            return set()
+        return {
+            int(line.split('partition="')[1].split('"')[0])
+            for line in text.splitlines()
+            if line.startswith("headwater_kafka_offset_lag{")
+        }
+
+
+async def _partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    for _ in range(50):
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions:
+            return set(partitions)
+        await consumer._client.force_metadata_update()
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"topic {topic} has no partitions")
+
+
+@pytest.fixture
+async def stack(kafka_broker: KafkaBroker, redis_url: str, tmp_path: Path) -> AsyncIterator[KafkaStack]:
+    stack = KafkaStack(kafka_broker, redis_url, tmp_path)
+    await stack.create_topic()
+    try:
+        yield stack
+    finally:
+        stack.stop_all()

@@ -1,0 +1,245 @@
+"""The Kafka source alone, in this process, on the real broker: starting positions, rebalances,
+a batch outliving max.poll.interval, and the security settings handed to aiokafka."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import certifi
+import pytest
+from prometheus_client import REGISTRY
+
+from broker.errors import ConfigError
+from broker.mapping import EventSourceMapping
+from broker.sources.base import Batch, SourceContext
+from broker.sources.kafka import KafkaSource
+from tests.kafka.conftest import KafkaStack
+
+FAST_GROUP = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 300}
+
+
+def mapping_for(stack: KafkaStack, name: str = "consumer", **fields: Any) -> EventSourceMapping:
+    return EventSourceMapping.model_validate(
+        {
+            "FunctionName": name,
+            "Topics": [stack.topic],
+            "StartingPosition": "TRIM_HORIZON",
+            "SelfManagedEventSource": {"Endpoints": {"KAFKA_BOOTSTRAP_SERVERS": [stack.broker.bootstrap_servers]}},
+            "MaximumBatchingWindowInSeconds": 0,
+            **fields,
+        }
+    )
+
+
+def source_for(mapping: EventSourceMapping, **consumer_options: Any) -> KafkaSource:
+    context = SourceContext(
+        aws_session=None,
+        region="us-east-1",
+        function_timeout_seconds=3,
+        extras={"kafka_consumer_options": {**FAST_GROUP, **consumer_options}},
+    )
+    return KafkaSource(mapping, context)
+
+
+@pytest.fixture
+async def sources() -> AsyncIterator[Callable[[KafkaSource], KafkaSource]]:
+    started: list[KafkaSource] = []
+
+    def track(source: KafkaSource) -> KafkaSource:
+        started.append(source)
+        return source
+
+    yield track
+    for source in started:
+        await source.stop()
+
+
+async def read_values(source: KafkaSource, count: int, within: float = 30.0) -> list[str]:
+    """Read and settle batches until `count` records came; their values, in order."""
+    values: list[str] = []
+    deadline = time.monotonic() + within
+    while len(values) < count and time.monotonic() < deadline:
+        batch = await source.read_batch()
+        if batch is not None:
+            values += [_value(record.event) for record in batch.records]
+            await source.settle(batch, frozenset())
+    return values
+
+
+async def assigned(source: KafkaSource, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while source.desired_concurrency(0) < 3 or source.consumer.assignment() == set():
+        assert time.monotonic() < deadline, "no partitions assigned"
+        await source.read_batch()
+
+
+def _value(event: dict[str, Any]) -> str:
+    import base64
+
+    return base64.b64decode(event["value"]).decode()
+
+
+@pytest.mark.kafka
+async def test_starting_position_applies_only_without_a_committed_offset(stack: KafkaStack, sources: Any) -> None:
+    await stack.produce({"value": "old-1"}, {"value": "old-2"})
+    oldest = sources(source_for(mapping_for(stack, "from-oldest")))
+    latest_mapping = mapping_for(stack, "from-latest", StartingPosition="LATEST")
+    latest = sources(source_for(latest_mapping))
+    for source in (oldest, latest):
+        await source.start()
+        await assigned(source)
+    await stack.produce({"value": "new-1"})
+
+    assert await read_values(oldest, 3) == ["old-1", "old-2", "new-1"]
+    assert await read_values(latest, 1) == ["new-1"]
+    assert oldest.group_id != latest.group_id == latest_mapping.uuid  # the stable UUID names the group
+
+    await latest.stop()
+    await stack.produce({"value": "while-stopped"})
+    again = sources(source_for(latest_mapping))
+    await again.start()
+    assert await read_values(again, 1) == ["while-stopped"]  # LATEST is ignored: the group has an offset
+
+
+@pytest.mark.kafka
+async def test_at_timestamp_starts_at_the_first_record_at_or_after_it(stack: KafkaStack, sources: Any) -> None:
+    await stack.produce({"value": "before"})
+    moment = time.time()
+    await asyncio.sleep(0.05)  # let the broker clock pass `moment` before the next record is stamped
+    await stack.produce({"value": "after"})
+    source = sources(source_for(mapping_for(stack, StartingPosition="AT_TIMESTAMP", StartingPositionTimestamp=moment)))
+    await source.start()
+    assert await read_values(source, 1) == ["after"]
+
+
+@pytest.mark.kafka
+async def test_a_batch_outliving_max_poll_interval_keeps_the_group(stack: KafkaStack, sources: Any) -> None:
+    mapping = mapping_for(stack)
+    source = sources(source_for(mapping, max_poll_interval_ms=1500))
+    await stack.produce({"partition": 0, "value": "slow"})
+    await source.start()
+    slow = await _next_batch(source)
+    rebalances = _rebalances(mapping)
+
+    started = time.monotonic()
+    await stack.produce({"partition": 1, "value": "other partition"})
+    other = await _next_batch(source)  # the consumer keeps fetching the partitions not in flight
+    await source.settle(other, frozenset())
+    while time.monotonic() - started < 3.0:  # twice max_poll_interval with the first batch still out
+        assert await source.read_batch() is None
+    await source.settle(slow, frozenset())
+
+    assert _rebalances(mapping) == rebalances
+    assert await stack.committed_for(mapping.uuid) == {0: 1, 1: 1}
+
+
+@pytest.mark.kafka
+async def test_a_revoked_partitions_batch_is_not_committed_and_is_read_again(stack: KafkaStack, sources: Any) -> None:
+    mapping = mapping_for(stack)
+    first = sources(source_for(mapping))
+    await stack.produce(*({"partition": p, "value": f"p{p}"} for p in range(3)))
+    await first.start()
+    out = [await _next_batch(first) for _ in range(3)]
+    second = sources(source_for(mapping))
+    await second.start()  # the group rebalances: every partition of `first` is revoked (eager protocol)
+    deadline = time.monotonic() + 30
+    while not (out and not first.owns(out[0])):
+        assert time.monotonic() < deadline
+        await first.read_batch()
+    for batch in out:
+        await first.settle(batch, frozenset())
+    assert await stack.committed_for(mapping.uuid) == {}
+
+    values = await _drain_both(first, second, 3)
+    assert sorted(values) == ["p0", "p1", "p2"]
+    assert await stack.committed_for(mapping.uuid) == {0: 1, 1: 1, 2: 1}
+
+
+async def _drain_both(first: KafkaSource, second: KafkaSource, count: int) -> list[str]:
+    values: list[str] = []
+    deadline = time.monotonic() + 30
+    while len(values) < count:
+        assert time.monotonic() < deadline
+        for source in (first, second):
+            batch = await source.read_batch()
+            if batch is not None:
+                values += [_value(record.event) for record in batch.records]
+                await source.settle(batch, frozenset())
+    return values
+
+
+async def _next_batch(source: KafkaSource, within: float = 30.0) -> Batch:
+    deadline = time.monotonic() + within
+    while (batch := await source.read_batch()) is None:
+        assert time.monotonic() < deadline, "no batch"
+    return batch
+
+
+def _rebalances(mapping: EventSourceMapping) -> float:
+    return REGISTRY.get_sample_value("headwater_kafka_rebalances_total", {"event_source": mapping.uuid}) or 0.0
+
+
+# -- security settings (no broker needed: they are checked on the client aiokafka builds) -------------
+def _secured(tmp_path: Path, *configurations: dict[str, str]) -> EventSourceMapping:
+    return EventSourceMapping.model_validate(
+        {
+            "FunctionName": "secure",
+            "Topics": ["orders"],
+            "StartingPosition": "LATEST",
+            "SelfManagedEventSource": {"Endpoints": {"KAFKA_BOOTSTRAP_SERVERS": ["kafka.internal:9096"]}},
+            "SourceAccessConfigurations": list(configurations),
+        }
+    )
+
+
+def _first_ca() -> str:
+    bundle = Path(certifi.where()).read_text()
+    end = "-----END CERTIFICATE-----"
+    return bundle[bundle.index("-----BEGIN CERTIFICATE-----") : bundle.index(end) + len(end)] + "\n"
+
+
+async def test_sasl_scram_and_root_ca_reach_the_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "kafka-credentials.json"
+    secret.write_text(json.dumps({"username": "ingest", "password": "s3cret"}))
+    monkeypatch.setenv("KAFKA_ROOT_CA", json.dumps({"certificate": _first_ca()}))
+    mapping = _secured(
+        tmp_path,
+        {"Type": "SASL_SCRAM_512_AUTH", "URI": f"file://{secret}"},
+        {"Type": "SERVER_ROOT_CA_CERTIFICATE", "URI": "env:KAFKA_ROOT_CA"},
+    )
+    consumer = await source_for(mapping).build_consumer()
+    client = consumer._client
+    assert (client._security_protocol, client._sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-512")
+    assert (client._sasl_plain_username, client._sasl_plain_password) == ("ingest", "s3cret")
+    assert isinstance(client._ssl_context, ssl.SSLContext)
+    assert len(client._ssl_context.get_ca_certs()) == 1  # the given root, not the system's bundle
+    assert consumer._group_id == mapping.uuid
+    assert consumer._enable_auto_commit is False
+    await consumer.stop()
+
+
+async def test_basic_auth_is_sasl_plain(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("KAFKA_LOGIN", json.dumps({"username": "u", "password": "p"}))
+    consumer = await source_for(_secured(tmp_path, {"Type": "BASIC_AUTH", "URI": "env:KAFKA_LOGIN"})).build_consumer()
+    assert (consumer._client._security_protocol, consumer._client._sasl_mechanism) == ("SASL_SSL", "PLAIN")
+    await consumer.stop()
+
+
+async def test_unusable_secrets_are_configuration_errors(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("KAFKA_LOGIN", json.dumps({"username": "u"}))
+    for uri, problem in [
+        ("env:NOPE_" + uuid.uuid4().hex, "is not set"),
+        ("env:KAFKA_LOGIN", "'password'"),
+        (f"file://{tmp_path}/missing.json", "cannot read"),
+        ("s3://bucket/key", "must be"),
+    ]:
+        source = source_for(_secured(tmp_path, {"Type": "BASIC_AUTH", "URI": uri}))
+        with pytest.raises(ConfigError, match=problem):
+            await source.build_consumer()
