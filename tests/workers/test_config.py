@@ -186,26 +186,21 @@ def test_mapping_rules(fields, message):
     assert message in "\n".join(problems(document))
 
 
+def validate(path: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "broker.cli", "validate", "--config", str(path)]
+    return subprocess.run(command, capture_output=True, text=True, check=False)
+
+
 def test_headwater_validate_prints_every_error_and_exits_2(tmp_path: Path):
     path = tmp_path / "bad.yaml"
     path.write_text("Functions:\n  - FunctionName: f\n    Handler: a.b\n    Timeout: 0\n    Bogus: 1\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "broker.cli", "validate", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = validate(path)
     assert done.returncode == 2
     assert "2 error(s)" in done.stderr
     assert "Functions.0.Timeout" in done.stderr
     assert "Functions.0.Bogus: unknown key" in done.stderr
     path.write_text("Functions: [\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "broker.cli", "validate", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = validate(path)
     assert done.returncode == 2
     assert "not valid YAML" in done.stderr
     assert "line" in done.stderr
