@@ -112,7 +112,6 @@ class InvocationQueue:
         self.redis = redis
         self._rq_queues: dict[str, Queue] = {}
         self._claim = redis.register_script(CLAIM)
-        self._ack = redis.register_script(ACK)
         self._hand_back = redis.register_script(HAND_BACK)
         self._promote = redis.register_script(PROMOTE)
         self._rotation = 0
@@ -183,11 +182,10 @@ class InvocationQueue:
             self.enqueue(invocation, delay, pipeline=pipe)
         if reply is not None:
             self.reply(*reply, pipeline=pipe)
-        self._ack(
-            keys=[keys.processing(worker_id)],
-            args=[finished.entry, next_claim.entry if next_claim else ""],
-            client=pipe,
-        )
+        # Plain EVAL, not a registered Script: in a pipeline redis-py asks SCRIPT EXISTS before every
+        # execute (a second round trip per job), and EVALSHA could meet NOSCRIPT inside the transaction
+        # after a Redis restart. Redis caches the compiled script by its hash either way.
+        pipe.eval(ACK, 1, keys.processing(worker_id), finished.entry, next_claim.entry if next_claim else "")
         pipe.execute()
 
     def wait_for_work(self, timeout_seconds: float) -> None:

@@ -62,6 +62,7 @@ class Worker:
         router = OutcomeRouter(self._deliveries.send, arn)
         self._invoker = Invoker(config, ConcurrencyLimiter(self.redis), self._runtime, router)
         self._stop_requested_at: float | None = None
+        self._busy = False
         self._stopped = threading.Event()
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -114,7 +115,7 @@ class Worker:
                 continue
             claim = claimed.pop(0)
             try:
-                followup = self._handle(claim)
+                followup = self._invoker.handle(claim, self._past_grace)
             except AbortedError:
                 log.warning(
                     "grace period over: invocation cut off and handed back", request_id=claim.invocation.request_id
@@ -127,6 +128,7 @@ class Worker:
     def _claim(self) -> list[Claim]:
         try:
             claimed = self.queue.claim(self.id, self.function_names, self.prefetch)
+            self._mark_busy(bool(claimed))
             if not claimed:
                 self.queue.wait_for_work(IDLE_WAIT_SECONDS)
         except RedisConnectionError as error:
@@ -135,14 +137,12 @@ class Worker:
             return []
         return claimed
 
-    def _handle(self, claim: Claim) -> Followup:
-        metrics.WORKERS.labels("idle").set(0)
-        metrics.WORKERS.labels("busy").set(1)
-        try:
-            return self._invoker.handle(claim, self._past_grace)
-        finally:
-            metrics.WORKERS.labels("busy").set(0)
-            metrics.WORKERS.labels("idle").set(1)
+    def _mark_busy(self, busy: bool) -> None:
+        """The pool's busy/idle gauge, written only when it changes (each write is a file write)."""
+        if busy != self._busy:
+            self._busy = busy
+            metrics.WORKERS.labels("busy").set(int(busy))
+            metrics.WORKERS.labels("idle").set(int(not busy))
 
     def _complete(self, claim: Claim, next_claim: Claim | None, followup: Followup) -> None:
         """Acknowledge, retrying through a Redis outage: the outcome must not be lost or doubled."""
