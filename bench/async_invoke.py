@@ -25,10 +25,10 @@ from redis import Redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from broker.client import Client  # noqa: E402 (after the path set-up, so the script runs from a clone)
-from broker.config import parse_config  # noqa: E402
-from broker.embedded_redis import EmbeddedRedis  # noqa: E402
-from broker.model import InvocationType  # noqa: E402
+from broker.client import Client
+from broker.config import parse_config
+from broker.embedded_redis import EmbeddedRedis
+from broker.model import InvocationType
 
 POLL_SECONDS = 0.002
 

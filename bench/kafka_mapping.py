@@ -30,8 +30,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.handlers.kafka_handlers import noop  # noqa: E402  (the repository root is added just above)
-from tests.rig import KafkaBroker, RedisServer, free_port  # noqa: E402
+from tests.handlers.kafka_handlers import noop
+from tests.rig import KafkaBroker, RedisServer, free_port
 
 PARTITIONS = 3
 

@@ -38,10 +38,10 @@ from redis import Redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from broker.mapping import EventSourceMapping  # noqa: E402 (after the path set-up, so the script runs from a clone)
-from broker.supervisor import Supervisor  # noqa: E402
-from tests.rig import MotoServer, RedisServer, aws_env  # noqa: E402
-from tests.rig.common import ManagedProcess  # noqa: E402
+from broker.mapping import EventSourceMapping
+from broker.supervisor import Supervisor
+from tests.rig import MotoServer, RedisServer, aws_env
+from tests.rig.common import ManagedProcess
 
 WAITING_TARGET = 100  # messages the producer keeps in the queue
 VISIBILITY_TIMEOUT = "30"
