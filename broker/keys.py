@@ -11,7 +11,7 @@ PREFIX = "headwater"
 QUEUE_PREFIX = f"{PREFIX}."
 RQ_QUEUE_KEY_PREFIX = "rq:queue:"
 RQ_JOB_KEY_PREFIX = "rq:job:"
-WAKE = f"{PREFIX}:wake"  # tokens that wake idle workers when work arrives
+WAKE_PREFIX = f"{PREFIX}:wake:"  # per function queue: tokens that wake the workers serving it
 SCHEDULED = f"{PREFIX}:scheduled"  # zset: entry -> due time (retries, throttle backoff)
 WORKERS = f"{PREFIX}:workers"  # zset: worker id -> heartbeat deadline
 STARTS_FIELD = "headwater_starts"  # on the rq job hash: how many times a worker began running it
@@ -24,6 +24,10 @@ def queue_name(function_name: str) -> str:
 
 def function_of_queue(name: str) -> str:
     return name.removeprefix(QUEUE_PREFIX)
+
+
+def wake(queue: str) -> str:
+    return f"{WAKE_PREFIX}{queue}"
 
 
 def processing(worker_id: str) -> str:

@@ -67,27 +67,35 @@ end
 return 0
 """
 
+# Wakes the workers that serve a queue (one token list per function queue, capped).
+WAKE_LUA = """
+local function wake(queue)
+  redis.call('LPUSH', 'headwater:wake:' .. queue, '1')
+  redis.call('LTRIM', 'headwater:wake:' .. queue, 0, 63)
+end
+"""
+
 # KEYS[1] processing list. Puts every entry back at the front of its queue, oldest first.
-HAND_BACK = """
+HAND_BACK = WAKE_LUA + """
 local entries = redis.call('LRANGE', KEYS[1], 0, -1)
 for i = #entries, 1, -1 do
   local queue, id = string.match(entries[i], '^(.-)\\t(.*)$')
   redis.call('LPUSH', 'rq:queue:' .. queue, id)
+  wake(queue)
 end
 redis.call('DEL', KEYS[1])
-if #entries > 0 then redis.call('LPUSH', KEYS[2], '1') end
 return #entries
 """
 
-# KEYS[1] schedule, KEYS[2] wake list. ARGV[1] now. Moves due jobs to the back of their queue.
-PROMOTE = """
+# KEYS[1] schedule. ARGV[1] now. Moves due jobs to the back of their queue.
+PROMOTE = WAKE_LUA + """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 500)
 for _, entry in ipairs(due) do
   local queue, id = string.match(entry, '^(.-)\\t(.*)$')
   redis.call('RPUSH', 'rq:queue:' .. queue, id)
   redis.call('ZREM', KEYS[1], entry)
+  wake(queue)
 end
-if #due > 0 then redis.call('LPUSH', KEYS[2], '1') end
 return #due
 """
 
@@ -128,8 +136,8 @@ class InvocationQueue:
             pipe.zadd(keys.SCHEDULED, {keys.entry(queue.name, job.id): time.time() + delay_seconds})
         else:
             queue.enqueue_job(job, pipeline=pipe)
-            pipe.lpush(keys.WAKE, "1")
-            pipe.ltrim(keys.WAKE, 0, WAKE_TOKENS_KEPT - 1)
+            pipe.lpush(keys.wake(queue.name), "1")
+            pipe.ltrim(keys.wake(queue.name), 0, WAKE_TOKENS_KEPT - 1)
         if pipeline is None:
             pipe.execute()
         return str(job.id)
@@ -188,15 +196,16 @@ class InvocationQueue:
         pipe.eval(ACK, 1, keys.processing(worker_id), finished.entry, next_claim.entry if next_claim else "")
         pipe.execute()
 
-    def wait_for_work(self, timeout_seconds: float) -> None:
-        self.redis.blpop([keys.WAKE], timeout=timeout_seconds)
+    def wait_for_work(self, function_names: list[str], timeout_seconds: float) -> None:
+        """Block until work arrives for one of these functions (only their workers are woken)."""
+        self.redis.blpop([keys.wake(keys.queue_name(name)) for name in function_names], timeout=timeout_seconds)
 
     def hand_back(self, worker_id: str) -> int:
         """Return every job the worker holds to the front of its queue (shutdown, or a dead worker)."""
-        return int(self._hand_back(keys=[keys.processing(worker_id), keys.WAKE]))
+        return int(self._hand_back(keys=[keys.processing(worker_id)]))
 
     def promote_due(self) -> int:
-        return int(self._promote(keys=[keys.SCHEDULED, keys.WAKE], args=[time.time()]))
+        return int(self._promote(keys=[keys.SCHEDULED], args=[time.time()]))
 
     def heartbeat(self, worker_id: str, ttl_seconds: float) -> None:
         self.redis.zadd(keys.WORKERS, {worker_id: time.time() + ttl_seconds})

@@ -130,7 +130,7 @@ class Worker:
             claimed = self.queue.claim(self.id, self.function_names, self.prefetch)
             self._mark_busy(bool(claimed))
             if not claimed:
-                self.queue.wait_for_work(IDLE_WAIT_SECONDS)
+                self.queue.wait_for_work(self.function_names, IDLE_WAIT_SECONDS)
         except RedisConnectionError as error:
             log.warning("Redis unreachable; retrying", error=str(error))
             time.sleep(IDLE_WAIT_SECONDS)
