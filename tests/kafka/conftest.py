@@ -24,6 +24,7 @@ from redis import Redis
 
 from tests.handlers import kafka_handlers
 from tests.rig import KafkaBroker, free_port
+from tests.waiting import eventually, stop_processes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PARTITIONS = 3
@@ -126,15 +127,7 @@ class KafkaStack:
         )
 
     def stop_all(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(self.processes, timeout=15)
 
     # -- what the handlers noted ----------------------------------------------------------------------
     def events(self) -> list[dict[str, Any]]:
@@ -144,17 +137,12 @@ class KafkaStack:
         self.redis.rpush(kafka_handlers.GATE, *["go"] * batches)
 
     async def wait_for(self, condition: Callable[[], Awaitable[Any] | Any], within: float = 45.0) -> Any:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
+        def checked() -> Any:
             if any(p.poll() not in (None, 0, -signal.SIGKILL, -signal.SIGTERM) for p in self.processes):
                 raise AssertionError(f"a process died:\n{self.logs()}")
-            value = condition()
-            if asyncio.iscoroutine(value):
-                value = await value
-            if value:
-                return value
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"condition not met within {within} s\n{self.logs()}")
+            return condition()
+
+        return await eventually(checked, within, lambda: f"condition not met\n{self.logs()}")
 
     # -- Kafka side -------------------------------------------------------------------------------------
     async def create_topic(self, name: str | None = None, partitions: int = PARTITIONS) -> str:

@@ -61,15 +61,16 @@ async def sources() -> AsyncIterator[Callable[[KafkaSource], KafkaSource]]:
         await source.stop()
 
 
-async def read_values(source: KafkaSource, count: int, within: float = 30.0) -> list[str]:
-    """Read and settle batches until `count` records came; their values, in order."""
+async def read_values(*sources: KafkaSource, count: int, within: float = 30.0) -> list[str]:
+    """Read and settle batches from each source in turn until `count` records came; their values."""
     values: list[str] = []
     deadline = time.monotonic() + within
     while len(values) < count and time.monotonic() < deadline:
-        batch = await source.read_batch()
-        if batch is not None:
-            values += [_value(record.event) for record in batch.records]
-            await source.settle(batch, frozenset())
+        for source in sources:
+            batch = await source.read_batch()
+            if batch is not None:
+                values += [_value(record.event) for record in batch.records]
+                await source.settle(batch, frozenset())
     return values
 
 
@@ -97,15 +98,15 @@ async def test_starting_position_applies_only_without_a_committed_offset(stack: 
         await assigned(source)
     await stack.produce({"value": "new-1"})
 
-    assert await read_values(oldest, 3) == ["old-1", "old-2", "new-1"]
-    assert await read_values(latest, 1) == ["new-1"]
+    assert await read_values(oldest, count=3) == ["old-1", "old-2", "new-1"]
+    assert await read_values(latest, count=1) == ["new-1"]
     assert oldest.group_id != latest.group_id == latest_mapping.uuid  # the stable UUID names the group
 
     await latest.stop()
     await stack.produce({"value": "while-stopped"})
     again = sources(source_for(latest_mapping))
     await again.start()
-    assert await read_values(again, 1) == ["while-stopped"]  # LATEST is ignored: the group has an offset
+    assert await read_values(again, count=1) == ["while-stopped"]  # LATEST is ignored: the group has an offset
 
 
 @pytest.mark.kafka
@@ -116,7 +117,7 @@ async def test_at_timestamp_starts_at_the_first_record_at_or_after_it(stack: Kaf
     await stack.produce({"value": "after"})
     source = sources(source_for(mapping_for(stack, StartingPosition="AT_TIMESTAMP", StartingPositionTimestamp=moment)))
     await source.start()
-    assert await read_values(source, 1) == ["after"]
+    assert await read_values(source, count=1) == ["after"]
 
 
 @pytest.mark.kafka
@@ -157,22 +158,9 @@ async def test_a_revoked_partitions_batch_is_not_committed_and_is_read_again(sta
         await first.settle(batch, frozenset())
     assert await stack.committed_for(mapping.uuid) == {}
 
-    values = await _drain_both(first, second, 3)
+    values = await read_values(first, second, count=3)
     assert sorted(values) == ["p0", "p1", "p2"]
     assert await stack.committed_for(mapping.uuid) == {0: 1, 1: 1, 2: 1}
-
-
-async def _drain_both(first: KafkaSource, second: KafkaSource, count: int) -> list[str]:
-    values: list[str] = []
-    deadline = time.monotonic() + 30
-    while len(values) < count:
-        assert time.monotonic() < deadline
-        for source in (first, second):
-            batch = await source.read_batch()
-            if batch is not None:
-                values += [_value(record.event) for record in batch.records]
-                await source.settle(batch, frozenset())
-    return values
 
 
 async def _next_batch(source: KafkaSource, within: float = 30.0) -> Batch:

@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from redis import Redis
 
 from broker.supervisor import Supervisor
 from tests.rig.common import ManagedProcess
+from tests.waiting import eventually
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HANDLER = "tests.handlers.sources.handle"
@@ -120,16 +120,12 @@ class Stack:
 
     async def wait_for(self, condition: Callable[[], Any], within: float = 30.0, what: str = "") -> Any:
         """Poll `condition` (which may return an awaitable) until it is truthy; fail after `within` s."""
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            value = condition()
-            if asyncio.iscoroutine(value):
-                value = await value
-            if value:
-                return value
-            await asyncio.sleep(0.05)
-        logs = "".join(path.read_text(errors="replace")[-3000:] for path in self.directory.glob("*.log"))
-        raise AssertionError(f"not within {within} s: {what or condition}\n--- logs ---\n{logs}")
+
+        def explain() -> str:
+            logs = "".join(path.read_text(errors="replace")[-3000:] for path in self.directory.glob("*.log"))
+            return f"{what or condition}\n--- logs ---\n{logs}"
+
+        return await eventually(condition, within, explain)
 
     async def close(self) -> None:
         for namespace in self._namespaces:  # unblock handlers still waiting, so the pool is free

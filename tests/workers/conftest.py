@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from redis import Redis
 
 from broker.client import Client
 from broker.config import Config, load_config
+from tests.waiting import stop_processes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,14 +83,7 @@ class Stack:
         raise AssertionError(f"condition not met within {timeout} s; worker logs:\n{self.logs()[-4000:]}")
 
     def stop(self) -> None:
-        for pool in self.running_pools():
-            pool.send_signal(signal.SIGTERM)
-        for pool in self.pools:
-            try:
-                pool.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pool.kill()
-                pool.wait()
+        stop_processes(self.pools, timeout=30)
         for log in self._log_files:
             log.close()
         self.redis.close()
