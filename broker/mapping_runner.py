@@ -17,6 +17,7 @@ from typing import Any
 from redis import asyncio as redis_async
 
 from broker import metrics
+from broker.backoff import RESTART_INITIAL_SECONDS, RESTART_MAX_SECONDS, Backoff
 from broker.config import Function, Settings
 from broker.destinations.base import DeliveryContext
 from broker.destinations.dispatcher import Dispatcher
@@ -28,7 +29,6 @@ from broker.poller import Poller, wait_or_timeout
 from broker.sender import Sender
 from broker.sources.base import Source, SourceContext, kind_of, runtime_for
 
-RESTART_BACKOFF_MAX_SECONDS = 60.0
 log = get_logger(__name__)
 
 
@@ -91,17 +91,16 @@ class MappingRunner:
 
     async def _run_until_stopped(self, source_class: type[Source]) -> ConfigError | None:
         """Poll, restarting after crashes, until stopped; or return what the source refused."""
-        crashes = 0
+        crashes = Backoff(RESTART_INITIAL_SECONDS, RESTART_MAX_SECONDS)
         while not self._stopping.is_set():
             try:
                 await self._run_once(source_class(self.mapping, self._source_context()))
             except ConfigError as refusal:
                 return refusal
             except Exception:  # a bug or an unforeseen failure: keep the other mappings running
-                crashes += 1
                 metrics.POLLER_CRASHES.labels(self.mapping.uuid, self.mapping.source_kind).inc()
-                log.exception("poller crashed; restarting", mapping=self.mapping.uuid, crashes=crashes)
-                await wait_or_timeout(self._stopping, min(RESTART_BACKOFF_MAX_SECONDS, 2.0**crashes))
+                log.exception("poller crashed; restarting", mapping=self.mapping.uuid, crashes=crashes.attempts + 1)
+                await wait_or_timeout(self._stopping, crashes.next())
         return None
 
     async def _run_once(self, source: Source) -> None:
@@ -131,14 +130,13 @@ class MappingRunner:
 
     async def _start(self, source: Source) -> bool:
         """Start the source, retrying while it cannot be reached; False when stopped meanwhile."""
-        delay = 1.0
+        unreachable = Backoff(RESTART_INITIAL_SECONDS, RESTART_MAX_SECONDS)
         while not self._stopping.is_set():
             try:
                 await source.start()
             except SourceError as error:
                 log.warning("event source unreachable; retrying", mapping=self.mapping.uuid, error=str(error))
-                await wait_or_timeout(self._stopping, delay)
-                delay = min(RESTART_BACKOFF_MAX_SECONDS, delay * 2)
+                await wait_or_timeout(self._stopping, unreachable.next())
             else:
                 return True
         return False

@@ -18,6 +18,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from broker.backoff import Backoff
+
 IDLE_CONCURRENCY = 2
 BURST_CONCURRENCY = 5
 GROWTH_PER_SECOND = 5.0
@@ -33,11 +35,9 @@ class Scaler:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.hint = IDLE_CONCURRENCY
-        self._backoff_initial = backoff_initial_seconds
-        self._backoff_max = backoff_max_seconds
+        self._throttle_backoff = Backoff(backoff_initial_seconds, backoff_max_seconds)
         self._clock = clock
         self._last_growth = float("-inf")
-        self._throttles = 0
         self._paused_until = float("-inf")
 
     def batch_was_full(self) -> None:
@@ -57,13 +57,12 @@ class Scaler:
 
     def invoked(self) -> None:
         """An invocation ran: the function is taking work again, so the throttle backoff resets."""
-        self._throttles = 0
+        self._throttle_backoff.reset()
 
     def throttled(self) -> float:
         """Halve the demand and pause the mapping; returns the pause in seconds."""
         self.hint = max(1, self.hint // 2)
-        pause = min(self._backoff_max, self._backoff_initial * 2.0**self._throttles)
-        self._throttles += 1
+        pause = self._throttle_backoff.next()
         self._paused_until = self._clock() + pause
         return pause
 

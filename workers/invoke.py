@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from broker import metrics
+from broker import backoff, metrics
 from broker.concurrency import ConcurrencyLimiter
 from broker.config import Config, Function
 from broker.logs import bind_invocation, get_logger
@@ -121,13 +121,12 @@ class Invoker:
         pending = self._router.route(function, invocation)
         if pending is None:
             return Followup()
-        delay = min(2.0**pending.delivery_attempts, self.settings.destination_retry_max_seconds)
+        delay = self._router.retry_in_seconds(pending, self.settings.destination_retry_max_seconds)
         return Followup(enqueue=[(pending, delay)])
 
     def _throttle_delay(self, throttles: int) -> float:
-        return min(
-            self.settings.throttle_backoff_initial_seconds * 2.0**throttles, self.settings.throttle_backoff_max_seconds
-        )
+        initial, maximum = self.settings.throttle_backoff_initial_seconds, self.settings.throttle_backoff_max_seconds
+        return backoff.delay(throttles, initial, maximum)
 
     # -- synchronous calls and event source batches -----------------------------------------------
     def _run_request(self, function: Function, invocation: Invocation, should_abort: Callable[[], bool]) -> Followup:

@@ -3,6 +3,10 @@
 Delivery is at-least-once and never loses the event: each target written is remembered on the
 invocation, and a target that fails is retried later with backoff (counted and logged), while the
 event stays in Redis. Lambda drops an event whose destination write fails; we keep it.
+
+The backoff starts at 2 s and doubles up to `DestinationRetryMaxSeconds`, however long the target
+stays down. It is jittered: the events of a destination that went down together would otherwise all
+retry at the same instant, and hit it in one burst the moment it returns.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from broker import metrics, records
+from broker import backoff, metrics, records
 from broker.config import Function
 from broker.destinations import kind_for
 from broker.destinations.base import Message
@@ -24,6 +28,8 @@ DROP_REASONS = {
     Condition.EVENT_AGE_EXCEEDED: "max_event_age",
     Condition.ZERO_RESERVED_CONCURRENCY: "zero_reserved_concurrency",
 }
+RETRY_INITIAL_SECONDS = 1.0  # the first retry waits twice this: `delivery_attempts` is 1 by then
+RETRY_JITTER = 0.2
 
 
 class OutcomeRouter:
@@ -52,6 +58,11 @@ class OutcomeRouter:
         if not failed:
             return None
         return invocation.replace(delivered=tuple(delivered), delivery_attempts=invocation.delivery_attempts + 1)
+
+    @staticmethod
+    def retry_in_seconds(pending: Invocation, maximum_seconds: float) -> float:
+        """How long an invocation that `route` returned waits before its targets are tried again."""
+        return backoff.delay(pending.delivery_attempts, RETRY_INITIAL_SECONDS, maximum_seconds, jitter=RETRY_JITTER)
 
     def _targets(self, function: Function, invocation: Invocation) -> list[tuple[str, str, Message]]:
         outcome = invocation.outcome
