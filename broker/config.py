@@ -22,6 +22,7 @@ from broker.schema import DestinationTarget, Model
 
 HANDLER_PATTERN = re.compile(r"^[A-Za-z_][\w]*(?:[./][A-Za-z_]\w*)*[.:][A-Za-z_]\w*$")
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+ENVIRONMENT_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
 class Destination(Model):
@@ -75,7 +76,13 @@ class Function(Model):
 
 
 class Settings(Model):
-    """Headwater's own knobs; Lambda has no name for them. Delays are short-able for tests."""
+    """Headwater's own knobs; Lambda has no name for them. Delays are short-able for tests.
+
+    `SandboxEnvironmentPassThrough` names the worker's environment variables that every handler
+    sandbox gets too (names only, default none). A sandbox otherwise holds only Lambda's reserved
+    variables and its function's `Environment.Variables`: the worker's credentials and Headwater's
+    own settings (`HEADWATER_*`, the Redis URL) reach a handler only when listed here.
+    """
 
     async_retry_delays_seconds: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=2)] = Field(
         default_factory=lambda: [60.0, 120.0]
@@ -86,6 +93,14 @@ class Settings(Model):
     # How long a silent worker is trusted before its jobs are handed to others (a dead worker's
     # invocations wait at most this long, plus a few seconds, before they run again).
     worker_heartbeat_ttl_seconds: Annotated[float, Field(ge=2)] = 15.0
+    # Durable mode: an accepted invocation is acknowledged to its caller only once Redis's WAIT
+    # confirms that this many replicas hold it, so a failover cannot lose it (0: off).
+    durable_replicas: Annotated[int, Field(ge=0)] = 0
+    durable_wait_timeout_ms: Annotated[int, Field(ge=1)] = 1000
+    # Worker variables handed to handlers by name (e.g. [AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY]).
+    sandbox_environment_pass_through: list[Annotated[str, Field(pattern=ENVIRONMENT_NAME)]] = Field(
+        default_factory=list
+    )
     region: str = "us-east-1"
     account_id: Annotated[str, Field(pattern=r"^\d{12}$")] = "000000000000"
 
@@ -153,16 +168,46 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ConfigError([f"not valid YAML: {error}"], str(file)) from None
+        raise ConfigError([f"not valid YAML: {_where(error)}"], str(file)) from None
     return parse_config(document, str(file))
 
 
+def _where(error: yaml.YAMLError) -> str:
+    """The YAML problem and its position, never the offending text: it may hold a secret value."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or "syntax error"
+    if mark is None:
+        return str(problem)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+
+
 def _describe(problem: Any) -> str:
+    """One line per problem. Values of `Environment.Variables` are often secrets: they are never
+    echoed, whether the problem is in them or they are part of a larger value being reported."""
     path = ".".join(str(part) for part in problem["loc"]) or "(top level)"
     message = problem["msg"]
     if problem["type"] == "extra_forbidden":
         message = "unknown key (check its spelling against Lambda's field names)"
     if problem["type"] == "missing":
         return f"{path}: required"
-    value = problem.get("input")
+    value = _hide_variables(problem.get("input"), inside="Environment" in problem["loc"])
+    if value is _HIDDEN:
+        return f"{path}: {message} (value hidden: Environment.Variables may hold secrets)"
     return f"{path}: {message} (got {value!r})"
+
+
+class _Hidden:
+    def __repr__(self) -> str:
+        return "<hidden>"
+
+
+_HIDDEN = _Hidden()
+
+
+def _hide_variables(value: Any, inside: bool) -> Any:
+    """`value` with every scalar under an `Environment` key replaced: keys stay, values go."""
+    if isinstance(value, dict):
+        return {key: _hide_variables(item, inside or key == "Environment") for key, item in value.items()}
+    if isinstance(value, list):
+        return [_hide_variables(item, inside) for item in value]
+    return _HIDDEN if inside else value

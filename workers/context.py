@@ -72,12 +72,24 @@ class LambdaContext:
         return f"LambdaContext(aws_request_id={self.aws_request_id!r}, function_name={self.function_name!r})"
 
 
+class InvalidClientContextError(ValueError):
+    """The caller's client context is not base64 of a JSON object; Lambda refuses it with this message."""
+
+    def __init__(self) -> None:
+        super().__init__("Client context must be a valid Base64-encoded JSON object")
+
+
 def parse_client_context(encoded: str | None) -> ClientContext | None:
     """X-Amz-Client-Context is base64 JSON; a sync caller may pass it, async events never carry it."""
     if not encoded:
         return None
-    document = json.loads(base64.b64decode(encoded))
-    client = document.get("client")
+    try:
+        document = json.loads(base64.b64decode(encoded, validate=True))
+    except (ValueError, RecursionError):  # binascii.Error and UnicodeDecodeError are ValueErrors
+        raise InvalidClientContextError() from None
+    client = document.get("client") if isinstance(document, dict) else None
+    if not isinstance(document, dict) or not isinstance(client, dict | None):
+        raise InvalidClientContextError()
     return ClientContext(
         client=Client(**{k: v for k, v in client.items() if k in Client.__dataclass_fields__}) if client else None,
         custom=document.get("custom") or {},

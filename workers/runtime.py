@@ -2,7 +2,18 @@
 
 The INIT phase (importing the handler) happens once per environment and is counted as a cold
 start. A timeout or a crash discards the environment, as Lambda does, and the next invocation of
-that function starts a fresh one.
+that function starts a fresh one; discarding kills every process the handler started, too.
+
+A sandbox's environment variables are built here, in layers where a later one wins:
+1. Lambda's reserved variables (`AWS_LAMBDA_FUNCTION_NAME`, `AWS_REGION`, `_HANDLER`, ...), plus
+   the few the operating system needs, taken from the worker: `PATH`, `LANG`, `LD_LIBRARY_PATH`,
+   and `PYTHONPATH` (how the operator told Python where handler code lives, which a handler's own
+   Python subprocesses need too; the sandbox's `sys.path` comes from the worker either way).
+   `TZ` is `:UTC`, as on Lambda; `LAMBDA_TASK_ROOT` is the worker's working directory.
+2. The operator's `Headwater.SandboxEnvironmentPassThrough` names, copied from the worker.
+3. The function's `Environment.Variables`.
+Nothing else of the worker's reaches the handler: not `HEADWATER_*`, not the Redis URL, not the
+worker's AWS credentials, unless the operator passes them through by name.
 """
 
 from __future__ import annotations
@@ -11,8 +22,9 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
@@ -25,6 +37,7 @@ from workers import sandbox
 
 POLL_SLICE_SECONDS = 0.25
 INIT_TIMEOUT_SECONDS = 10.0  # Lambda's separate limit for the INIT phase (on-demand functions)
+FROM_THE_WORKER = ("PATH", "LANG", "LD_LIBRARY_PATH", "PYTHONPATH")  # what the OS and Python need, no secrets
 log = get_logger(__name__)
 
 
@@ -35,11 +48,19 @@ class AbortedError(Exception):
 class Environment:
     """One sandbox for one function; `invoke` enforces the timeout by killing the sandbox."""
 
-    def __init__(self, function: Function, function_arn: str, context: ForkServerContext, worker_tag: str) -> None:
+    def __init__(
+        self,
+        function: Function,
+        function_arn: str,
+        context: ForkServerContext,
+        worker_tag: str,
+        pass_through: Sequence[str] = (),
+    ) -> None:
         self.function = function
         self.function_arn = function_arn
         self._context = context
         self._worker_tag = worker_tag
+        self._pass_through = pass_through
         self._process: BaseProcess | None = None
         self._connection: Connection | None = None
 
@@ -74,9 +95,10 @@ class Environment:
         )
 
     def discard(self) -> None:
-        """Kill the sandbox; the next invocation starts (and counts) a cold start."""
+        """Kill the sandbox and every process it started; the next invocation starts (and counts) a cold start."""
         if self._process is not None:
-            self._process.kill()
+            if self._process.pid is not None:
+                sandbox.kill_process_tree(self._process.pid)
             self._process.join(timeout=5)
         if self._connection is not None:
             self._connection.close()
@@ -90,6 +112,7 @@ class Environment:
         """A cold start: a new sandbox runs INIT (imports the handler) within its own time limit."""
         self.discard()
         module, attribute = self.function.module_and_attribute
+        log_stream_name = f"{time.strftime('%Y/%m/%d')}/[$LATEST]{self._worker_tag}"
         spec = {
             "function_name": self.function.function_name,
             "function_arn": self.function_arn,
@@ -97,8 +120,8 @@ class Environment:
             "module": module,
             "attribute": attribute,
             "log_group_name": f"/aws/lambda/{self.function.function_name}",
-            "log_stream_name": f"{time.strftime('%Y/%m/%d')}/[$LATEST]{self._worker_tag}",
-            "environment": self._environment_variables(),
+            "log_stream_name": log_stream_name,
+            "environment": self._environment_variables(log_stream_name),
             "worker_pid": os.getpid(),
         }
         parent, child = self._context.Pipe()
@@ -127,17 +150,26 @@ class Environment:
         self.discard()
         return Result("", Status.FUNCTION_ERROR, answer["payload"], answer["error_type"])
 
-    def _environment_variables(self) -> dict[str, str]:
+    def _environment_variables(self, log_stream_name: str) -> dict[str, str]:
+        """The sandbox's whole environment (see the module docstring for the layers)."""
         name = self.function.function_name
-        return {
+        region = self.function_arn.split(":")[3]
+        reserved = {
             "AWS_LAMBDA_FUNCTION_NAME": name,
             "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.function.memory_size),
-            "AWS_LAMBDA_FUNCTION_TIMEOUT": str(self.function.timeout),
             "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{name}",
+            "AWS_LAMBDA_LOG_STREAM_NAME": log_stream_name,
+            "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+            "AWS_REGION": region,
+            "AWS_DEFAULT_REGION": region,
+            "AWS_EXECUTION_ENV": f"AWS_Lambda_python{sys.version_info.major}.{sys.version_info.minor}",
             "_HANDLER": self.function.handler,
-            **self.function.environment.variables,
+            "LAMBDA_TASK_ROOT": os.getcwd(),
+            "TZ": ":UTC",
         }
+        inherited = {key: os.environ[key] for key in (*FROM_THE_WORKER, *self._pass_through) if key in os.environ}
+        return {**reserved, **inherited, **self.function.environment.variables}
 
     def _timed_out(self, invocation: Invocation) -> Result:
         self.discard()
@@ -167,9 +199,14 @@ class Environment:
 class Runtime:
     """All the warm environments of one worker process, created on first use."""
 
-    def __init__(self, function_arn: Callable[[str], str], worker_tag: str) -> None:
+    def __init__(
+        self, function_arn: Callable[[str], str], worker_tag: str, environment_pass_through: Sequence[str] = ()
+    ) -> None:
+        """`environment_pass_through`: names of the worker's variables every sandbox gets too
+        (`Headwater.SandboxEnvironmentPassThrough`)."""
         self._function_arn = function_arn
         self._worker_tag = worker_tag
+        self._pass_through = tuple(environment_pass_through)
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(["workers.sandbox"])
         self._environments: dict[str, Environment] = {}
@@ -179,9 +216,8 @@ class Runtime:
         if environment is None or environment.function != function:
             if environment is not None:
                 environment.discard()
-            environment = Environment(
-                function, self._function_arn(function.function_name), self._context, self._worker_tag
-            )
+            arn = self._function_arn(function.function_name)
+            environment = Environment(function, arn, self._context, self._worker_tag, self._pass_through)
             self._environments[function.function_name] = environment
         return environment.invoke(invocation, should_abort)
 

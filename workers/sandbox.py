@@ -5,16 +5,26 @@ it: the environment is killed, whatever the handler is doing, and the next invoc
 one (a cold start). It also keeps a crashing or leaking handler away from the worker's queue state.
 Messages on the pipe are JSON bytes, never pickles. This module imports little on purpose: it
 runs in every environment before the user's code.
+
+The environment is the handler's own: `os.environ` holds only what the worker chose (Lambda's
+reserved variables, the function's variables, the operator's pass-through list), never the worker's
+settings or credentials. This keeps them out of libraries that read the environment and out of the
+handler's child processes; it is not a wall against hostile code running under the worker's uid,
+which can still read the worker's memory and `/proc`. The sandbox leads its own process group and
+adopts orphaned descendants (a subreaper), so whatever the handler starts dies with the sandbox.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import importlib
 import io
 import json
 import logging
 import os
 import select
+import signal
 import sys
 import threading
 import time
@@ -23,17 +33,21 @@ from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from typing import Any
 
-from workers.context import LambdaContext, parse_client_context
+from workers.context import ClientContext, LambdaContext, parse_client_context
 
+RESPONSE_LIMIT_BYTES = 6_291_456  # Lambda's limit on a response, in bytes of its JSON text
+LOG_EVENT_LIMIT_BYTES = 262_144  # CloudWatch Logs keeps at most 256 KB of one log event
+_PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 _current = {"request_id": "", "function": ""}
 
 
 def serve(connection: Connection, spec_json: str) -> None:
     """Entry point of the child: INIT once, then answer invocations until the pipe closes."""
     spec = json.loads(spec_json)
+    _lead_own_process_group()
     _die_with_worker(spec["worker_pid"])
     _current["function"] = spec["function_name"]
-    os.environ.update(spec["environment"])
+    _replace_environment(spec["environment"])
     _capture_output()
     handler, init_error = _load_handler(spec["module"], spec["attribute"])
     # INIT's outcome goes first: the worker starts the function's timeout only once INIT is over.
@@ -45,7 +59,63 @@ def serve(connection: Connection, spec_json: str) -> None:
             request = json.loads(connection.recv_bytes())
         except (EOFError, OSError):
             return
-        connection.send_bytes(json.dumps(_invoke(handler, spec, request)).encode())
+        connection.send_bytes(json.dumps(_within_response_limit(_invoke(handler, spec, request))).encode())
+
+
+def _replace_environment(variables: dict[str, str]) -> None:
+    """The forkserver handed us a copy of the worker's whole environment: drop all of it first."""
+    os.environ.clear()
+    os.environ.update(variables)
+    time.tzset()  # TZ may have changed; C's localtime reads it only here
+
+
+def _lead_own_process_group() -> None:
+    """Lead a new session, so one `killpg` reaches every process the handler starts, and become a
+    subreaper, so a descendant that leaves the group (setsid, a double fork) is still ours to find.
+    The price: such an orphan that exits while the sandbox is warm stays a zombie until the sandbox
+    is discarded (reaping it could steal the exit status of a child the handler waits for)."""
+    with contextlib.suppress(OSError):
+        os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def kill_process_tree(pid: int) -> None:
+    """Kill a sandbox and everything it started. The sandbox is stopped first so it can neither fork
+    nor reap while its descendants are listed (a reaped pid could be reused by a stranger)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGSTOP)
+    _kill_descendants_and_group(pid)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _kill_descendants_and_group(pid: int) -> None:
+    for descendant in _descendants(pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(descendant, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)  # the sandbox leads its group: the group's id is its pid
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid`, read from /proc (empty where /proc cannot be read)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                parent = int(stat.read().rsplit(b")", 1)[1].split()[1])  # the name may hold spaces and ')'
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(parent, []).append(int(entry.name))
+    found, frontier = [], [pid]
+    while frontier:
+        below = children.get(frontier.pop(), [])
+        found.extend(below)
+        frontier.extend(below)
+    return found
 
 
 def _die_with_worker(worker_pid: int) -> None:
@@ -60,6 +130,7 @@ def _die_with_worker(worker_pid: int) -> None:
 
     def watch() -> None:
         select.select([watched], [], [])
+        _kill_descendants_and_group(os.getpid())  # the group includes this process
         os._exit(1)
 
     threading.Thread(target=watch, name="worker-watch", daemon=True).start()
@@ -81,8 +152,23 @@ def _load_handler(module_name: str, attribute: str) -> tuple[Any, dict[str, Any]
 def _invoke(handler: Any, spec: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
     request_id = request["request_id"]
     _current["request_id"] = request_id
-    context = LambdaContext(
-        aws_request_id=request_id,
+    started = time.perf_counter()
+    try:
+        event = json.loads(request["payload"])
+        client_context = parse_client_context(request.get("client_context"))
+    except (ValueError, RecursionError) as error:  # input that bypassed the Invoke checks (a source's record)
+        outcome = _failure("Runtime.UnmarshalError", f"Unable to unmarshal input: {error}", request_id)
+        _emit("error", f"[ERROR] Runtime.UnmarshalError: Unable to unmarshal input: {error}")
+    else:
+        outcome = _run(handler, event, _context(spec, request, client_context))
+    outcome["duration_seconds"] = time.perf_counter() - started
+    _current["request_id"] = ""
+    return outcome
+
+
+def _context(spec: dict[str, Any], request: dict[str, Any], client_context: ClientContext | None) -> LambdaContext:
+    return LambdaContext(
+        aws_request_id=request["request_id"],
         function_name=spec["function_name"],
         function_version="$LATEST",
         invoked_function_arn=spec["function_arn"],
@@ -90,22 +176,35 @@ def _invoke(handler: Any, spec: dict[str, Any], request: dict[str, Any]) -> dict
         log_group_name=spec["log_group_name"],
         log_stream_name=spec["log_stream_name"],
         deadline_epoch_ms=request["deadline_ms"],
-        client_context=parse_client_context(request.get("client_context")),
+        client_context=client_context,
     )
-    started = time.perf_counter()
+
+
+def _run(handler: Any, event: Any, context: LambdaContext) -> dict[str, Any]:
+    request_id = context.aws_request_id
     try:
-        value = handler(json.loads(request["payload"]), context)
+        value = handler(event, context)
     except Exception as error:  # a handler's exception is its result, not our failure
         outcome = _failure(type(error).__name__, str(error), request_id, _user_frames(error))
         _emit("error", f"[ERROR] {type(error).__name__}: {error}", stackTrace=outcome["stackTrace"])
-    else:
-        try:
-            outcome = {"status": "success", "payload": json.dumps(value), "error_type": None}
-        except (TypeError, ValueError) as error:
-            outcome = _failure("Runtime.MarshalError", f"Unable to marshal response: {error}", request_id)
-    outcome["duration_seconds"] = time.perf_counter() - started
-    _current["request_id"] = ""
-    return outcome
+        return outcome
+    try:
+        return {"status": "success", "payload": json.dumps(value), "error_type": None}
+    except (TypeError, ValueError, RecursionError) as error:
+        return _failure("Runtime.MarshalError", f"Unable to marshal response: {error}", request_id)
+
+
+def _within_response_limit(outcome: dict[str, Any]) -> dict[str, Any]:
+    """Lambda refuses a response over 6 MB. The message is AWS's verbatim, 6291556 included; whether
+    AWS enforces that figure or 6291456 (its documented limit, which we enforce) is UNCONFIRMED, as is
+    whether an error body that large is refused the same way (we refuse it: it would fill Redis)."""
+    size = len(outcome["payload"].encode("utf-8", "surrogatepass"))
+    if size <= RESPONSE_LIMIT_BYTES:
+        return outcome
+    message = "Response payload size exceeded maximum allowed payload size (6291556 bytes)."
+    _emit("error", f"[ERROR] Function.ResponseSizeTooLarge: {message}", responseBytes=size)
+    body = {"errorMessage": message, "errorType": "Function.ResponseSizeTooLarge"}
+    return {**outcome, "status": "function_error", "payload": json.dumps(body), "error_type": body["errorType"]}
 
 
 def _failure(error_type: str, message: str, request_id: str = "", stack: list[str] | None = None) -> dict[str, Any]:
@@ -125,6 +224,11 @@ def _user_frames(error: BaseException) -> list[str]:
 
 # -- output capture: every line a handler prints or logs becomes a JSON log line with its request id
 def _emit(level: str, message: str, **fields: Any) -> None:
+    """One log event; a message over Lambda's 256 KB is cut there and marked `truncated`."""
+    encoded = message.encode("utf-8", "surrogatepass")
+    if len(encoded) > LOG_EVENT_LIMIT_BYTES:
+        message = encoded[:LOG_EVENT_LIMIT_BYTES].decode("utf-8", "ignore")  # never half a character
+        fields["truncated"] = True
     line = {
         "event": message,
         "level": level,
@@ -138,9 +242,13 @@ def _emit(level: str, message: str, **fields: Any) -> None:
 
 
 class _LineWriter(io.TextIOBase):
+    """Handler output, one log event per line. A line that outgrows the log limit before its newline
+    is emitted (truncated) at once and the rest of it dropped, so memory stays bounded."""
+
     def __init__(self, level: str) -> None:
         self._level = level
         self._pending = ""
+        self._dropping = False  # inside an over-long line already emitted
 
     def writable(self) -> bool:
         return True
@@ -149,13 +257,21 @@ class _LineWriter(io.TextIOBase):
         self._pending += text
         *lines, self._pending = self._pending.split("\n")
         for line in lines:
+            if self._dropping:  # the tail of the over-long line
+                self._dropping = False
+                continue
             _emit(self._level, line)
+        if not self._dropping and len(self._pending) > LOG_EVENT_LIMIT_BYTES:  # chars <= bytes: surely over
+            _emit(self._level, self._pending)
+            self._dropping = True
+        if self._dropping:
+            self._pending = ""
         return len(text)
 
     def flush(self) -> None:
-        if self._pending:
+        if self._pending and not self._dropping:
             _emit(self._level, self._pending)
-            self._pending = ""
+        self._pending = ""
 
 
 class _LogHandler(logging.Handler):
