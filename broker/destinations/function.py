@@ -1,10 +1,18 @@
-"""Another Headwater function, named by its Lambda ARN: the record becomes its async event."""
+"""Another Headwater function, named by its Lambda ARN: the record becomes its async event.
+
+Writing to it is an enqueue on Headwater's own Redis, so it fails the ways the store fails:
+unreachable, or refusing writes (`OOM`, `READONLY`, `LOADING`), seen as a redis-py error or as
+Headwater's own `StoreUnavailable`. Every one of them becomes `DestinationError`, so the caller keeps
+the record and retries it instead of crashing on an error class it did not expect.
+"""
 
 from __future__ import annotations
 
+from redis.exceptions import RedisError
+
 from broker.destinations import function_name_of, register
 from broker.destinations.base import Destination, Message
-from broker.errors import DestinationError
+from broker.errors import DestinationError, HeadwaterError
 
 
 @register
@@ -21,5 +29,6 @@ class Function(Destination):
         assert name is not None
         try:
             await self.context.enqueue_event(name, message.body)
-        except OSError as error:
-            raise DestinationError(f"function {name}: {error}") from error
+        except (RedisError, HeadwaterError, OSError) as error:
+            detail = error.message if isinstance(error, HeadwaterError) else str(error)
+            raise DestinationError(f"function {name}: {detail}") from error

@@ -4,7 +4,10 @@ Lambda writes to a topic on the mapping's own cluster. Headwater's topics live o
 by the delivery context (the poller passes its mapping's bootstrap servers) or, for workers, by
 `HEADWATER_KAFKA_BOOTSTRAP_SERVERS`. The producer waits for every in-sync replica (acks=all) and
 is idempotent, so a retried send never leaves a gap; a failed send raises `DestinationError` and
-the caller keeps the record.
+the caller keeps the record. Failures come as `KafkaError` (cluster unreachable, timeouts, a refused
+record), `OSError` (the network under it) or `ValueError` (a malformed bootstrap server list, which
+aiokafka reports only when the producer starts): each one is a `DestinationError`, so a mistyped
+cluster address is counted and retried like an outage rather than crashing its worker.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from broker.errors import DestinationError
 SCHEME = "kafka://"
 BOOTSTRAP_ENVIRONMENT = "HEADWATER_KAFKA_BOOTSTRAP_SERVERS"
 REQUEST_TIMEOUT_MS = 10_000  # below the worker's 30 s delivery timeout, so a failure is ours to report
+FAILURES = (KafkaError, OSError, ValueError)
 
 
 @register
@@ -47,7 +51,7 @@ class KafkaTopic(Destination):
                 key=message.key.encode() if message.key is not None else None,
                 headers=[(name, value.encode()) for name, (_, value) in message.attributes.items()],
             )
-        except KafkaError as error:
+        except FAILURES as error:
             raise DestinationError(f"Kafka topic {self.topic}: {error}") from error
 
     async def _connect(self) -> Any:
@@ -63,7 +67,7 @@ class KafkaTopic(Destination):
             )
             try:
                 await producer.start()
-            except KafkaError:
+            except FAILURES:
                 await producer.stop()
                 raise
             self._producer = producer

@@ -1,4 +1,12 @@
-"""A Redis stream on Headwater's own Redis (`redis-stream://KEY`): a destination with no cloud at all."""
+"""A Redis stream on Headwater's own Redis (`redis-stream://KEY`): a destination with no cloud at all.
+
+Records are appended and never trimmed. A destination holds what its reader has not read yet (often
+failure records that someone must look at), so dropping the oldest behind the reader's back would be
+the silent loss Headwater exists to prevent. Whoever consumes the stream removes what it is done with
+(`XDEL`, or `XTRIM KEY MINID ...` up to the last entry it processed). If nobody reads it, the stream
+grows until Redis reaches `maxmemory`; writes then fail, are counted in
+`headwater_destination_delivery_failures_total` and retried, and the events stay in Redis.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +19,6 @@ from broker.destinations.base import Destination, Message
 from broker.errors import DestinationError
 
 SCHEME = "redis-stream://"
-MAX_LENGTH = 100_000  # approximate cap, so an unread stream cannot eat Redis's memory
 
 
 @register
@@ -28,6 +35,6 @@ class RedisStream(Destination):
         if message.attributes:
             fields["attributes"] = json.dumps({name: value for name, (_, value) in message.attributes.items()})
         try:
-            await self.context.redis.xadd(self.target.removeprefix(SCHEME), fields, maxlen=MAX_LENGTH, approximate=True)  # type: ignore[arg-type]
-        except (RedisError, OSError) as error:
+            await self.context.redis.xadd(self.target.removeprefix(SCHEME), fields)  # type: ignore[arg-type]
+        except (RedisError, OSError) as error:  # every refusal: unreachable, OOM, READONLY, LOADING, timeouts
             raise DestinationError(f"Redis stream {self.target}: {error}") from error

@@ -1,4 +1,9 @@
-"""An SQS queue, named by ARN or URL, as a destination or dead-letter queue."""
+"""An SQS queue, named by ARN or URL, as a destination or dead-letter queue.
+
+Every failure is a `DestinationError`: what AWS refuses (`ClientError`: a missing queue, denied
+access, throttling), what never reached it (`BotoCoreError`: `EndpointConnectionError`, timeouts,
+missing credentials or region; aiobotocore wraps its HTTP client's errors in these), and `OSError`.
+"""
 
 from __future__ import annotations
 
