@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
 
-from broker import keys, metrics, payload, records
+from broker import connection, keys, metrics, payload, records
 from broker.config import Config, Function
-from broker.errors import FunctionNotFound, InvocationTimedOut, TooManyRequests
+from broker.errors import FunctionNotFound, InvocationTimedOut, StoreUnavailable, TooManyRequests
 from broker.model import Invocation, InvocationType, Status
 from broker.queue import InvocationQueue
 
@@ -38,8 +39,14 @@ class InvokeResponse:
 class Client:
     def __init__(self, config: Config, redis: Redis | str) -> None:
         self.config = config
-        self.redis = Redis.from_url(redis) if isinstance(redis, str) else redis
-        self.queue = InvocationQueue(self.redis)
+        self.redis = connection.connect(redis) if isinstance(redis, str) else redis
+        settings = config.headwater
+        self.queue = InvocationQueue(
+            self.redis,
+            settings.worker_heartbeat_ttl_seconds,
+            settings.durable_replicas,
+            settings.durable_wait_timeout_ms,
+        )
 
     def invoke(
         self,
@@ -52,11 +59,12 @@ class Client:
         kind = InvocationType(invocation_type)
         function = self._function(function_name)
         text = payload.check(payload.to_text(event), kind)
+        payload.check_client_context(client_context)
         if kind is InvocationType.DRY_RUN:
             return InvokeResponse(204, "")
         if kind is InvocationType.EVENT:
             invocation = Invocation(function_name, text, kind, trigger="async")
-            self.queue.enqueue(invocation)
+            self._enqueue(invocation)
             return InvokeResponse(202, invocation.request_id)
         return self._call(function, text, client_context, timeout_seconds)
 
@@ -70,7 +78,7 @@ class Client:
         )
         invocation = invocation.replace(reply_to=keys.reply(invocation.request_id))
         assert invocation.reply_to is not None
-        self.queue.enqueue(invocation)
+        self._enqueue(invocation)
         wait = timeout if timeout is not None else function.timeout + QUEUE_WAIT_ALLOWANCE_SECONDS
         result = self.queue.wait_for_reply(invocation.reply_to, wait)
         if result is None:
@@ -78,6 +86,24 @@ class Client:
         if result.status is Status.THROTTLED:
             raise TooManyRequests("Rate Exceeded.", json.loads(result.payload)["Reason"])
         return InvokeResponse(200, result.request_id, result.payload, result.function_error, result.executed_version)
+
+    def _enqueue(self, invocation: Invocation) -> None:
+        """Accept the invocation, or say plainly why not: a store refusing writes is a throttle
+        (retry later, as after any 429); an unreachable one is a 503 that may have stored it."""
+        try:
+            self.queue.enqueue(invocation)
+        except (OutOfMemoryError, ReadOnlyError) as error:
+            metrics.THROTTLES.labels(invocation.function_name, "store_refusing_writes").inc()
+            raise TooManyRequests(
+                f"Rate Exceeded. Headwater's Redis is refusing writes ({str(error).split('.')[0]}); "
+                "nothing was accepted; retry later",
+                "ConcurrentInvocationLimitExceeded",
+            ) from None
+        except RedisError as error:
+            raise StoreUnavailable(
+                f"Headwater's Redis did not answer ({type(error).__name__}); the invocation may not have been "
+                "accepted; retry (handlers must be idempotent)"
+            ) from None
 
     def _function(self, name: str) -> Function:
         function = self.config.function(name)

@@ -9,6 +9,7 @@
     │   ├── InvalidParameterValue      no   InvalidParameterValueException (400)
     │   └── TooManyRequests            yes  TooManyRequestsException (429): throttled
     ├── InvocationTimedOut             yes  a RequestResponse caller gave up waiting
+    ├── StoreUnavailable               yes  Redis is unreachable or refuses writes (OOM, READONLY, LOADING)
     ├── DestinationError               yes  a destination or DLQ could not be written
     └── SourceError                    yes  an event source could not be read or acknowledged
 
@@ -83,6 +84,14 @@ class InvocationTimedOut(HeadwaterError):
 
     code = "InvocationTimedOut"
     status = 504
+    retryable = True
+
+
+class StoreUnavailable(HeadwaterError):
+    """Headwater's Redis cannot take the request now; nothing was accepted unless the message says so."""
+
+    code = "ServiceUnavailableException"
+    status = 503
     retryable = True
 
 

@@ -13,7 +13,10 @@ RQ_QUEUE_KEY_PREFIX = "rq:queue:"
 RQ_JOB_KEY_PREFIX = "rq:job:"
 WAKE_PREFIX = f"{PREFIX}:wake:"  # per function queue: tokens that wake the workers serving it
 SCHEDULED = f"{PREFIX}:scheduled"  # zset: entry -> due time (retries, throttle backoff)
-WORKERS = f"{PREFIX}:workers"  # zset: worker id -> heartbeat deadline
+WORKERS = f"{PREFIX}:workers"  # zset: worker id -> lease deadline (Redis's clock, ms)
+CLOCK = f"{PREFIX}:clock"  # Redis's time (ms) when any lease was last renewed: a stale one means Redis was away
+QUARANTINE = f"{PREFIX}:quarantine"  # hash: job id -> JSON {queue, reason, at}; the job's hash is kept
+PROCESSING_PREFIX = f"{PREFIX}:processing:"  # + worker id: list of the entries that worker holds
 STARTS_FIELD = "headwater_starts"  # on the rq job hash: how many times a worker began running it
 ENTRY_SEPARATOR = "\t"
 
@@ -31,7 +34,7 @@ def wake(queue: str) -> str:
 
 
 def processing(worker_id: str) -> str:
-    return f"{PREFIX}:processing:{worker_id}"
+    return f"{PROCESSING_PREFIX}{worker_id}"
 
 
 def concurrency(function_name: str) -> str:
@@ -52,5 +55,6 @@ def entry(queue: str, job_id: str) -> str:
 
 
 def split_entry(value: str) -> tuple[str, str]:
-    queue, job_id = value.split(ENTRY_SEPARATOR, 1)
+    """(queue, job id) of a schedule or processing entry; a processing entry's claim token follows."""
+    queue, job_id, *_ = value.split(ENTRY_SEPARATOR, 2)
     return queue, job_id

@@ -77,6 +77,25 @@ CONCURRENCY_LIMIT = Gauge(
 )
 BUILD_INFO = Gauge("headwater_build_info", "The running Headwater version.", ["version"], multiprocess_mode="max")
 WORKERS = Gauge("headwater_worker_pool_workers", "Worker processes by state.", ["state"], multiprocess_mode="livesum")
+QUARANTINED = Counter(
+    "headwater_jobs_quarantined",
+    "Jobs moved to the quarantine: undecodable, or breaking the worker (see `headwater quarantine list`).",
+    ["function"],
+)
+FENCED = Counter(
+    "headwater_fenced_operations",
+    "Acknowledgements, completions or quarantines refused because the claim had moved on (its job "
+    "was handed back after a lapsed lease; it may run twice, never zero times).",
+    ["operation"],
+)
+LEASES_LOST = Counter(
+    "headwater_worker_leases_lost", "Times a live worker found its lease lapsed and its jobs handed back."
+)
+STORE_ERRORS = Counter(
+    "headwater_store_errors",
+    "Redis errors met by a process and retried (connection, timeout, OOM, READONLY, LOADING...).",
+    ["error"],
+)
 ESM_STAGES = ("polled", "filtered_out", "invoked", "failed_invoke", "deleted", "dropped", "on_failure_delivered")
 ESM_EVENTS = Counter(
     "headwater_esm_events", "Event source mapping accounting by stage.", ["event_source", "source_type", "stage"]
@@ -121,19 +140,27 @@ KAFKA_REBALANCES = Counter(
 
 
 class QueueDepthCollector(Collector):
-    """Reads queue depths from Redis at scrape time, so the figure is never stale."""
+    """Reads queue depths (and the quarantine's size) from Redis at scrape time, so they are never stale."""
 
-    def __init__(self, depths: Callable[[], dict[str, int]]) -> None:
+    def __init__(self, depths: Callable[[], dict[str, int]], quarantined: Callable[[], int] | None = None) -> None:
         self._depths = depths
+        self._quarantined = quarantined
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         family = GaugeMetricFamily("headwater_queue_depth", "Invocations waiting per function queue.", labels=["queue"])
+        quarantine = GaugeMetricFamily(
+            "headwater_quarantined_jobs", "Jobs in the quarantine now (see `headwater quarantine list`)."
+        )
         try:
             for queue, depth in self._depths().items():
                 family.add_metric([queue], depth)
+            if self._quarantined is not None:
+                quarantine.add_metric([], self._quarantined())
         except (OSError, RedisError):  # Redis away: report nothing rather than fail the whole scrape
             pass
         yield family
+        if self._quarantined is not None:
+            yield quarantine
 
 
 def declare_functions(functions: Iterable[tuple[str, int | None]]) -> None:

@@ -62,7 +62,7 @@ class Result:
             return ""
         try:
             decoded = json.loads(self.payload)
-        except ValueError:
+        except (ValueError, RecursionError):
             return self.payload
         return str(decoded.get("errorMessage", "")) if isinstance(decoded, dict) else self.payload
 
@@ -71,7 +71,7 @@ class Result:
 
     @classmethod
     def from_wire(cls, text: str | bytes) -> Result:
-        fields = json.loads(text)
+        fields = {name: value for name, value in json.loads(text).items() if name in _RESULT_FIELDS}
         fields["status"] = Status(fields["status"])
         return cls(**fields)
 
@@ -119,7 +119,12 @@ class Invocation:
 
     @classmethod
     def from_wire(cls, wire: dict[str, Any]) -> Invocation:
-        fields = dict(wire)
+        """Read the wire form; fields a newer release added are ignored (a rolling upgrade runs
+        both releases on one queue), while a missing or mistyped field raises."""
+        fields = {name: value for name, value in wire.items() if name in _INVOCATION_FIELDS}
+        for name in ("function_name", "payload", "request_id"):
+            if not isinstance(fields.get(name), str):
+                raise TypeError(f"{name} must be a string")
         fields["invocation_type"] = InvocationType(fields["invocation_type"])
         fields["delivered"] = tuple(fields.get("delivered", ()))
         fields["last_result"] = _result_or_none(fields.get("last_result"))
@@ -132,6 +137,10 @@ class Invocation:
                 decided_at=outcome["decided_at"],
             )
         return cls(**fields)
+
+
+_RESULT_FIELDS = frozenset(field.name for field in dataclasses.fields(Result))
+_INVOCATION_FIELDS = frozenset(field.name for field in dataclasses.fields(Invocation))
 
 
 def _result_or_none(wire: dict[str, Any] | None) -> Result | None:

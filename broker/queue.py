@@ -1,10 +1,26 @@
 """The invocation queue: the only place that knows how invocations are stored in Redis.
 
-Producers enqueue real rq jobs (rq's JSON serializer, never pickle) on one rq queue per function,
-so a backlog on one function never sits in front of another. Workers claim jobs with one Lua call
-that moves them, atomically, from the function queues into the worker's own processing list: a job
-is always in exactly one place (a queue, the schedule, or one worker's processing list), so a
-worker that dies loses nothing: `recover_dead_workers` puts its jobs back at the front.
+Producers store real rq jobs (rq's JSON serializer, never pickle) on one rq queue per function,
+so a backlog on one function never sits in front of another and rq's tools can see the jobs.
+A job is always in exactly one place: a function queue, the schedule, one worker's processing
+list, or the quarantine.
+
+The protocol is fenced. A worker may claim only while it holds a live lease (a heartbeat judged on
+Redis's clock). Each claim carries a token; completing, quarantining or marking a job started
+applies only while the worker still holds that very claim, in one atomic script, and is otherwise
+a no-op that the caller counts and logs. When a lease lapses, one atomic step hands the worker's
+jobs back to the front of their queues; the worker's late acknowledgement can then no longer
+destroy a job that has moved on. A completion and its followups (retries, destination retries,
+the reply to a waiting caller) are written in the same step, so a commit retried after an
+ambiguous failure (the connection dropped after Redis applied it) finds its claim gone and
+writes nothing twice.
+
+A lease that lapsed because Redis itself was away (restart, freeze, partition of every worker) is
+not taken for a dead worker: when nobody has renewed any lease for a while, every lease gets a
+fresh grace period first (see `queue_scripts.observe_clock`).
+
+A job that cannot be decoded (its hash is missing, its data is not what we wrote) is moved to the
+quarantine with its reason instead of being run, so it can stop nothing but itself.
 
 rq's own worker is not used to consume: it forks per job (losing warm handlers and metrics) and
 pops with BLPOP, which drops a job if the worker dies between the pop and its bookkeeping.
@@ -12,92 +28,41 @@ pops with BLPOP, which drops a job if the worker dies between the pop and its bo
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
 import zlib
 from dataclasses import dataclass
 from typing import Any, cast
 
 from redis import Redis
-from redis.client import Pipeline
 from rq import Queue
-from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from broker import keys
+from broker import keys, queue_scripts
+from broker.errors import StoreUnavailable
 from broker.model import Invocation, Result
 
-JOB_FUNCTION = "workers.invoke.run"  # recorded in the rq job; Headwater's worker dispatches on it
+JOB_HANDLER = "workers.invoke.run"  # the callable recorded in each rq job, for rq's tools; never imported
 WAKE_TOKENS_KEPT = 64
 BLOCK_SLICE_SECONDS = 2.0
+REPLY_TTL_SECONDS = 3600
+SCRIPT_NAMES = (
+    "ENQUEUE",
+    "CLAIM",
+    "COMPLETE",
+    "HEARTBEAT",
+    "RECOVER",
+    "HAND_BACK",
+    "PROMOTE",
+    "QUARANTINE",
+    "REQUEUE",
+    "DROP",
+)
 
-# KEYS[1] processing list. ARGV: max jobs, rotation start, queue names...
-# Takes one job from each queue in turn (fair across functions), returns [entry, data, starts]...
-CLAIM = """
-local max, start, n = tonumber(ARGV[1]), tonumber(ARGV[2]), #ARGV - 2
-local out, empty, i = {}, 0, 0
-while #out < 3 * max and empty < n do
-  local queue = ARGV[3 + ((start + i) % n)]
-  local id = redis.call('LPOP', 'rq:queue:' .. queue)
-  if id then
-    local entry = queue .. '\\t' .. id
-    redis.call('RPUSH', KEYS[1], entry)
-    local starts = 0
-    if #out == 0 then starts = redis.call('HINCRBY', 'rq:job:' .. id, 'headwater_starts', 1) end
-    table.insert(out, entry)
-    table.insert(out, redis.call('HGET', 'rq:job:' .. id, 'data') or '')
-    table.insert(out, starts)
-    empty = 0
-  else
-    empty = empty + 1
-  end
-  i = i + 1
-end
-return out
-"""
 
-# KEYS[1] processing list. ARGV[1] finished entry, ARGV[2] next entry to mark started (or '').
-ACK = """
-redis.call('LREM', KEYS[1], 1, ARGV[1])
-local _, id = string.match(ARGV[1], '^(.-)\\t(.*)$')
-redis.call('DEL', 'rq:job:' .. id)
-if ARGV[2] ~= '' then
-  local _, next_id = string.match(ARGV[2], '^(.-)\\t(.*)$')
-  return redis.call('HINCRBY', 'rq:job:' .. next_id, 'headwater_starts', 1)
-end
-return 0
-"""
-
-# Wakes the workers that serve a queue (one token list per function queue, capped).
-WAKE_LUA = """
-local function wake(queue)
-  redis.call('LPUSH', 'headwater:wake:' .. queue, '1')
-  redis.call('LTRIM', 'headwater:wake:' .. queue, 0, 63)
-end
-"""
-
-# KEYS[1] processing list. Puts every entry back at the front of its queue, oldest first.
-HAND_BACK = WAKE_LUA + """
-local entries = redis.call('LRANGE', KEYS[1], 0, -1)
-for i = #entries, 1, -1 do
-  local queue, id = string.match(entries[i], '^(.-)\\t(.*)$')
-  redis.call('LPUSH', 'rq:queue:' .. queue, id)
-  wake(queue)
-end
-redis.call('DEL', KEYS[1])
-return #entries
-"""
-
-# KEYS[1] schedule. ARGV[1] now. Moves due jobs to the back of their queue.
-PROMOTE = WAKE_LUA + """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 500)
-for _, entry in ipairs(due) do
-  local queue, id = string.match(entry, '^(.-)\\t(.*)$')
-  redis.call('RPUSH', 'rq:queue:' .. queue, id)
-  redis.call('ZREM', KEYS[1], entry)
-  wake(queue)
-end
-return #due
-"""
+class UndecodableJobError(ValueError):
+    """A claimed job whose data is not an invocation this release can run; it goes to quarantine."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,67 +78,145 @@ class Claim:
         return keys.split_entry(self.entry)[1]
 
 
-class InvocationQueue:
-    """Enqueue, claim, acknowledge, schedule and hand back invocations on one Redis."""
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """What one claim call gave: the decoded jobs, and the functions of jobs sent to quarantine."""
 
-    def __init__(self, redis: Redis) -> None:
+    claims: list[Claim]
+    quarantined: list[str]  # one function name per job quarantined by this claim
+    lease_lost: bool = False  # the worker held no live lease; it must renew before claiming
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """How a commit went: `applied` False means the claim was no longer ours (nothing written);
+    `next_starts` is the next prefetched job's start count, or None when it is no longer ours."""
+
+    applied: bool
+    next_starts: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantinedJob:
+    job_id: str
+    function_name: str
+    reason: str
+    quarantined_at: float
+    has_data: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A heartbeat's answer: `renewed` False means the worker held no lease before this beat."""
+
+    renewed: bool
+    graced: int  # leases extended because Redis had been away
+
+
+class InvocationQueue:
+    """Enqueue, claim, complete, schedule, quarantine and hand back invocations on one Redis."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        heartbeat_ttl_seconds: float = 15.0,
+        durable_replicas: int = 0,
+        durable_wait_timeout_ms: int = 1000,
+    ) -> None:
         self.redis = redis
+        self.heartbeat_ttl_seconds = heartbeat_ttl_seconds
+        self.durable_replicas = durable_replicas
+        self.durable_wait_timeout_ms = durable_wait_timeout_ms
         self._rq_queues: dict[str, Queue] = {}
-        self._claim = redis.register_script(CLAIM)
-        self._hand_back = redis.register_script(HAND_BACK)
-        self._promote = redis.register_script(PROMOTE)
+        self._scripts = {name: redis.register_script(getattr(queue_scripts, name)) for name in SCRIPT_NAMES}
         self._rotation = 0
+        self._claims = 0
+        self._token_prefix = uuid.uuid4().hex[:12]  # claim tokens are unique across every worker
 
     # -- producers ---------------------------------------------------------------------------
-    def enqueue(self, invocation: Invocation, delay_seconds: float = 0.0, pipeline: Pipeline | None = None) -> str:
-        """Store the invocation as an rq job; with a delay it waits in the schedule instead."""
-        queue = self._rq_queue(keys.queue_name(invocation.function_name))
-        job = queue.create_job(JOB_FUNCTION, args=[invocation.to_wire()], result_ttl=0, timeout=-1)
-        pipe = pipeline if pipeline is not None else self.redis.pipeline()
-        if delay_seconds > 0:
-            job.origin = queue.name
-            job.save(pipeline=pipe)
-            pipe.zadd(keys.SCHEDULED, {keys.entry(queue.name, job.id): time.time() + delay_seconds})
-        else:
-            queue.enqueue_job(job, pipeline=pipe)
-            pipe.lpush(keys.wake(queue.name), "1")
-            pipe.ltrim(keys.wake(queue.name), 0, WAKE_TOKENS_KEPT - 1)
-        if pipeline is None:
-            pipe.execute()
-        return str(job.id)
+    def enqueue(self, invocation: Invocation, delay_seconds: float = 0.0) -> str:
+        """Store the invocation as an rq job (with a delay it waits in the schedule); return its id.
+
+        In durable mode this returns only once `durable_replicas` replicas hold the job."""
+        job_id, arguments = self._job_arguments(invocation, delay_seconds)
+        self._run("ENQUEUE", [], arguments)
+        if self.durable_replicas:
+            self._await_replicas(job_id)
+        return job_id
+
+    def _await_replicas(self, job_id: str) -> None:
+        """Durable mode: WAIT until enough replicas hold every write so far, or refuse the call.
+
+        A refused call may still have stored the job (at-least-once: the caller's retry can run it
+        twice), but an acknowledged one survives the loss of the primary."""
+        acknowledged = int(self.redis.wait(self.durable_replicas, self.durable_wait_timeout_ms))
+        if acknowledged < self.durable_replicas:
+            raise StoreUnavailable(
+                f"invocation {job_id} reached {acknowledged} of {self.durable_replicas} required replica(s) "
+                f"within {self.durable_wait_timeout_ms} ms (Headwater.DurableReplicas); retry the call"
+            )
+
+    def job_pending(self, job_id: str) -> bool:
+        """Whether the job still exists and is not quarantined (its outcome may still come)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.exists(keys.RQ_JOB_KEY_PREFIX + job_id)
+        pipe.hexists(keys.QUARANTINE, job_id)
+        exists, quarantined = pipe.execute()
+        return bool(exists) and not quarantined
 
     def depth(self, function_name: str) -> int:
         return int(self.redis.llen(keys.RQ_QUEUE_KEY_PREFIX + keys.queue_name(function_name)))
 
-    # -- results for waiting callers ------------------------------------------------------------
-    def reply(self, reply_to: str, result: Result, pipeline: Pipeline | None = None) -> None:
-        pipe = pipeline if pipeline is not None else self.redis.pipeline()
-        pipe.rpush(reply_to, result.to_wire())
-        pipe.expire(reply_to, 3600)
-        if pipeline is None:
-            pipe.execute()
+    def depths(self, function_names: list[str]) -> dict[str, int]:
+        pipe = self.redis.pipeline(transaction=False)
+        for name in function_names:
+            pipe.llen(keys.RQ_QUEUE_KEY_PREFIX + keys.queue_name(name))
+        return dict(zip(function_names, (int(n) for n in pipe.execute()), strict=True))
 
+    # -- results for waiting callers ------------------------------------------------------------
     def wait_for_reply(self, reply_to: str, timeout_seconds: float) -> Result | None:
         """Block for the result in short slices: redis-py gives every socket read a 5 s timeout."""
         deadline = time.monotonic() + timeout_seconds
         while (remaining := deadline - time.monotonic()) > 0:
-            popped = self.redis.blpop([reply_to], timeout=min(remaining, BLOCK_SLICE_SECONDS))
-            if popped is not None:
-                return Result.from_wire(popped[1])
+            result = self.pop_reply(reply_to, min(remaining, BLOCK_SLICE_SECONDS))
+            if result is not None:
+                return result
         return None
 
+    def pop_reply(self, reply_to: str, timeout_seconds: float) -> Result | None:
+        popped = self.redis.blpop([reply_to], timeout=timeout_seconds)
+        return None if popped is None else Result.from_wire(popped[1])
+
     # -- workers --------------------------------------------------------------------------------
-    def claim(self, worker_id: str, function_names: list[str], max_jobs: int) -> list[Claim]:
-        """Move up to `max_jobs` jobs into the worker's processing list; the first is marked started."""
+    def claim(self, worker_id: str, function_names: list[str], max_jobs: int) -> Claimed:
+        """Move up to `max_jobs` jobs into the worker's processing list; the first is marked started.
+
+        Jobs that cannot be decoded are quarantined here and not returned."""
         if not function_names:
-            return []
+            return Claimed([], [])
         self._rotation = (self._rotation + 1) % len(function_names)
+        self._claims += 1
         names = [keys.queue_name(name) for name in function_names]
-        raw = cast(list[Any], self._claim(keys=[keys.processing(worker_id)], args=[max_jobs, self._rotation, *names]))
-        return [
-            Claim(entry=_text(raw[i]), invocation=self._decode(raw[i + 1]), starts=int(raw[i + 2]))
-            for i in range(0, len(raw), 3)
-        ]
+        raw = cast(
+            list[Any],
+            self._run(
+                "CLAIM",
+                [keys.processing(worker_id), keys.WORKERS, keys.QUARANTINE],
+                [worker_id, max_jobs, self._rotation, f"{self._token_prefix}{self._claims}", *names],
+            ),
+        )
+        if int(raw[0]) < 0:
+            return Claimed([], [], lease_lost=True)
+        quarantined = [keys.function_of_queue(queue) for queue in _text(raw[1]).split("\t") if queue]
+        claims: list[Claim] = []
+        for i in range(2, len(raw), 3):
+            entry = _text(raw[i])
+            try:
+                claims.append(Claim(entry, decode(raw[i + 1]), int(raw[i + 2])))
+            except UndecodableJobError as error:
+                if self.quarantine(worker_id, entry, str(error)):
+                    quarantined.append(keys.function_of_queue(keys.split_entry(entry)[0]))
+        return Claimed(claims, quarantined)
 
     def complete(
         self,
@@ -182,51 +225,111 @@ class InvocationQueue:
         next_claim: Claim | None = None,
         enqueue: list[tuple[Invocation, float]] | None = None,
         reply: tuple[str, Result] | None = None,
-    ) -> None:
-        """In one transaction: forget the finished job, write its successors and reply, and mark
-        the next prefetched job started, so a crash leaves the old job or its followups, never both."""
-        pipe = self.redis.pipeline(transaction=True)
+    ) -> Completion:
+        """In one fenced step: forget the finished job, write its successors and reply, and mark the
+        next prefetched job started. Safe to retry: a second application finds the claim gone."""
+        arguments: list[str | bytes | int | float] = [finished.entry, next_claim.entry if next_claim else ""]
         for invocation, delay in enqueue or ():
-            self.enqueue(invocation, delay, pipeline=pipe)
+            arguments += self._job_arguments(invocation, delay)[1]
         if reply is not None:
-            self.reply(*reply, pipeline=pipe)
-        # Plain EVAL, not a registered Script: in a pipeline redis-py asks SCRIPT EXISTS before every
-        # execute (a second round trip per job), and EVALSHA could meet NOSCRIPT inside the transaction
-        # after a Redis restart. Redis caches the compiled script by its hash either way.
-        pipe.eval(ACK, 1, keys.processing(worker_id), finished.entry, next_claim.entry if next_claim else "")
-        pipe.execute()
+            arguments += ["reply", reply[0], reply[1].to_wire(), REPLY_TTL_SECONDS]
+        applied, next_starts = cast(list[int], self._run("COMPLETE", [keys.processing(worker_id)], arguments))
+        return Completion(bool(applied), None if int(next_starts) < 0 else int(next_starts))
+
+    def quarantine(self, worker_id: str, entry: str, reason: str) -> bool:
+        """Move a held job aside with its reason (fenced); False if it was no longer ours."""
+        queue = keys.split_entry(entry)[0]
+        document = json.dumps({"queue": queue, "reason": reason, "at": time.time()})
+        return bool(self._run("QUARANTINE", [keys.processing(worker_id), keys.QUARANTINE], [entry, document]))
+
+    def quarantined(self) -> list[QuarantinedJob]:
+        raw = cast(dict[bytes, bytes], self.redis.hgetall(keys.QUARANTINE))
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in raw:
+            pipe.hexists(keys.RQ_JOB_KEY_PREFIX + _text(job_id), "data")
+        found = pipe.execute()
+        jobs = []
+        for (job_id, document), has_data in zip(raw.items(), found, strict=True):
+            details = _reason(document)
+            jobs.append(
+                QuarantinedJob(
+                    job_id=_text(job_id),
+                    function_name=keys.function_of_queue(str(details.get("queue", ""))),
+                    reason=str(details.get("reason", "")),
+                    quarantined_at=float(details.get("at", 0.0)),
+                    has_data=bool(has_data),
+                )
+            )
+        return sorted(jobs, key=lambda job: job.quarantined_at)
+
+    def quarantine_size(self) -> int:
+        return int(self.redis.hlen(keys.QUARANTINE))
+
+    def requeue_quarantined(self, job_id: str) -> bool:
+        return bool(self._run("REQUEUE", [keys.QUARANTINE], [job_id]))
+
+    def drop_quarantined(self, job_id: str) -> bool:
+        return bool(self._run("DROP", [keys.QUARANTINE], [job_id]))
+
+    def held(self, worker_id: str) -> set[str]:
+        """The entries the worker's processing list holds now."""
+        return {_text(entry) for entry in cast(list[bytes], self.redis.lrange(keys.processing(worker_id), 0, -1))}
 
     def wait_for_work(self, function_names: list[str], timeout_seconds: float) -> None:
         """Block until work arrives for one of these functions (only their workers are woken)."""
         self.redis.blpop([keys.wake(keys.queue_name(name)) for name in function_names], timeout=timeout_seconds)
 
     def hand_back(self, worker_id: str) -> int:
-        """Return every job the worker holds to the front of its queue (shutdown, or a dead worker)."""
-        return int(self._hand_back(keys=[keys.processing(worker_id)]))
+        """Return every job the worker holds to the front of its queue (shutdown)."""
+        return int(cast(int, self._run("HAND_BACK", [keys.processing(worker_id)], [])))
 
     def promote_due(self) -> int:
-        return int(self._promote(keys=[keys.SCHEDULED], args=[time.time()]))
+        return int(cast(int, self._run("PROMOTE", [keys.SCHEDULED], [])))
 
-    def heartbeat(self, worker_id: str, ttl_seconds: float) -> None:
-        self.redis.zadd(keys.WORKERS, {worker_id: time.time() + ttl_seconds})
+    def heartbeat(self, worker_id: str) -> Lease:
+        renewed, graced = cast(
+            list[int], self._run("HEARTBEAT", [keys.WORKERS, keys.CLOCK], [worker_id, *self._lease_args()[:2]])
+        )
+        return Lease(bool(renewed), int(graced))
 
     def retire(self, worker_id: str) -> None:
         self.redis.zrem(keys.WORKERS, worker_id)
 
     def recover_dead_workers(self) -> int:
-        """Hand back the jobs of every worker whose heartbeat lapsed; safe to run from many places."""
-        recovered = 0
-        for member in cast(list[bytes], self.redis.zrangebyscore(keys.WORKERS, "-inf", time.time())):
-            worker_id = _text(member)
-            if self.redis.zrem(keys.WORKERS, worker_id):  # only one recoverer wins each dead worker
-                recovered += self.hand_back(worker_id)
-        return recovered
+        """Hand back the jobs of every worker whose lease lapsed; safe to run from many places."""
+        outage_ms, grace_ms = self._lease_args()[1:]
+        return int(
+            cast(int, self._run("RECOVER", [keys.WORKERS, keys.CLOCK], [keys.PROCESSING_PREFIX, outage_ms, grace_ms]))
+        )
 
-    def _decode(self, data: bytes) -> Invocation:
-        """Read an rq job's `data` field: rq zlib-compresses its serializer's (func, instance, args, kwargs)."""
-        job = Job(connection=self.redis, serializer=JSONSerializer)
-        job.data = zlib.decompress(data)
-        return Invocation.from_wire(job.args[0])
+    # -- internals ----------------------------------------------------------------------------------
+    def _lease_args(self) -> tuple[int, int, int]:
+        """(ttl ms, outage ms, grace ms): a silence of half a lease means Redis, not a worker, was away."""
+        ttl_ms = int(self.heartbeat_ttl_seconds * 1000)
+        return ttl_ms, ttl_ms // 2, ttl_ms
+
+    def _run(self, script: str, script_keys: list[str], arguments: list[Any]) -> Any:
+        return self._scripts[script](keys=script_keys, args=arguments)
+
+    def _job_arguments(self, invocation: Invocation, delay_seconds: float) -> tuple[str, list[Any]]:
+        """An rq job as the scripts' 'job' record: queue, id, delay, field count, fields."""
+        queue = self._rq_queue(keys.queue_name(invocation.function_name))
+        job = queue.create_job(
+            JOB_HANDLER,
+            args=[invocation.to_wire()],
+            result_ttl=0,
+            timeout=-1,
+            description=f"{invocation.function_name} {invocation.request_id}",
+        )
+        job.origin = queue.name
+        fields = job.to_dict()
+        fields["status"] = "scheduled" if delay_seconds > 0 else "queued"
+        fields["enqueued_at"] = fields["created_at"]
+        flat: list[Any] = []
+        for name, value in fields.items():
+            flat += [name, str(value) if not isinstance(value, bytes | int | float) else value]
+        delay = repr(float(delay_seconds)) if delay_seconds > 0 else ""
+        return str(job.id), ["job", queue.name, job.id, delay, len(fields), *flat]
 
     def _rq_queue(self, name: str) -> Queue:
         queue = self._rq_queues.get(name)
@@ -234,6 +337,38 @@ class InvocationQueue:
             queue = Queue(name, connection=self.redis, serializer=JSONSerializer)
             self._rq_queues[name] = queue
         return queue
+
+
+def decode(data: bytes | str) -> Invocation:
+    """Read an rq job's `data`: zlib-compressed JSON `[func, instance, args, kwargs]` (rq's JSON form).
+
+    Fields a newer release added are ignored; anything else that is not an invocation raises
+    `UndecodableJobError` with the reason, and the job is quarantined."""
+    try:
+        raw = zlib.decompress(data if isinstance(data, bytes) else data.encode("latin-1"))
+    except zlib.error as error:
+        raise UndecodableJobError(f"job data is not rq's compressed form ({error})") from None
+    try:
+        document = json.loads(raw)
+        wire = document[2][0]
+    except (ValueError, IndexError, KeyError, TypeError) as error:
+        raise UndecodableJobError(f"job data is not rq's JSON job form ({type(error).__name__}: {error})") from None
+    if not isinstance(wire, dict):
+        raise UndecodableJobError("job argument is not an invocation object")
+    try:
+        return Invocation.from_wire(wire)
+    except (ValueError, KeyError, TypeError) as error:
+        raise UndecodableJobError(
+            f"job is not an invocation this release can run ({type(error).__name__}: {error})"
+        ) from None
+
+
+def _reason(document: bytes) -> dict[str, Any]:
+    try:
+        details = json.loads(document)
+    except ValueError:
+        return {"reason": _text(document)}
+    return details if isinstance(details, dict) else {"reason": str(details)}
 
 
 def _text(value: bytes | str) -> str:

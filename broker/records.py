@@ -37,7 +37,7 @@ def invocation_record(invocation: Invocation, outcome: Outcome, qualified_arn: s
             "condition": outcome.condition.value,
             "approximateInvokeCount": outcome.invoke_count,
         },
-        "requestPayload": json.loads(invocation.payload),
+        "requestPayload": _decoded(invocation.payload),
     }
     result = outcome.last_result
     if result is not None and outcome.condition is not Condition.ZERO_RESERVED_CONCURRENCY:
@@ -45,8 +45,17 @@ def invocation_record(invocation: Invocation, outcome: Outcome, qualified_arn: s
         if result.function_error:
             context["functionError"] = result.function_error
         record["responseContext"] = context
-        record["responsePayload"] = json.loads(result.payload)
+        record["responsePayload"] = _decoded(result.payload)
     return record
+
+
+def _decoded(text: str) -> Any:
+    """The JSON value of a payload; a payload Python's decoder refuses (nested too deeply) stays text,
+    so a record is still written rather than the event being stuck."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return text
 
 
 def dead_letter_message(invocation: Invocation, outcome: Outcome) -> Message:

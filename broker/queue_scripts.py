@@ -1,0 +1,265 @@
+"""The Lua scripts of the invocation queue's fenced protocol, one atomic step each.
+
+Every script that writes starts with the `#!lua` shebang, so Redis refuses it whole (before any
+write) while it is out of memory or a read-only replica: a step is applied completely or not at all.
+Time is always Redis's own (`TIME`), never a worker's clock, so hosts whose clocks drift agree on
+when a lease lapsed.
+
+Processing entries are `<queue>\\t<job id>\\t<claim token>`. The token makes each claim unique: a
+worker whose jobs were handed back (its lease lapsed) can no longer acknowledge, complete or
+quarantine them, even if it later claims the same job again, because its old entry is gone.
+"""
+
+from __future__ import annotations
+
+# Shared Lua helpers: entry parsing, waking a queue's workers, Redis's clock and the outage grace.
+PRELUDE = """#!lua
+local function split(entry)
+  local queue, id = string.match(entry, '^([^\\t]*)\\t([^\\t]*)')
+  return queue, id
+end
+local function wake(queue)
+  redis.call('LPUSH', 'headwater:wake:' .. queue, '1')
+  redis.call('LTRIM', 'headwater:wake:' .. queue, 0, 63)
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- If nobody has touched the lease table for longer than outage_ms, Redis itself (or every worker)
+-- was away: every lease lapsed for a reason that says nothing about its worker, so each one gets a
+-- fresh grace period to renew before anyone recovers its jobs.
+local function observe_clock(workers, clock, now, outage_ms, grace_ms)
+  local last = tonumber(redis.call('GET', clock) or '0')
+  redis.call('SET', clock, now)
+  if last > 0 and now - last > outage_ms then
+    local members = redis.call('ZRANGEBYSCORE', workers, '-inf', now + grace_ms)
+    for _, member in ipairs(members) do
+      redis.call('ZADD', workers, now + grace_ms, member)
+    end
+    return #members
+  end
+  return 0
+end
+local function hand_back(processing)
+  local entries = redis.call('LRANGE', processing, 0, -1)
+  for i = #entries, 1, -1 do
+    local queue, id = split(entries[i])
+    if queue and id then
+      redis.call('LPUSH', 'rq:queue:' .. queue, id)
+      wake(queue)
+    end
+  end
+  redis.call('DEL', processing)
+  return #entries
+end
+-- A job written from ARGV starting at i: queue, job id, delay (seconds on Redis's clock, '' = none),
+-- n, n field/value pairs. Returns the index after it.
+local function write_job(i)
+  local queue, id, delay, n = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+  local key = 'rq:job:' .. id
+  for f = 0, n - 1 do
+    redis.call('HSET', key, ARGV[i + 4 + 2 * f], ARGV[i + 5 + 2 * f])
+  end
+  if delay == '' then
+    redis.call('SADD', 'rq:queues', 'rq:queue:' .. queue)
+    redis.call('RPUSH', 'rq:queue:' .. queue, id)
+    wake(queue)
+  else
+    redis.call('ZADD', 'headwater:scheduled', now_ms() / 1000 + tonumber(delay), queue .. '\\t' .. id)
+  end
+  return i + 4 + 2 * n
+end
+-- Followups from ARGV starting at i: 'job' records (see write_job) and 'reply' records (key, value, ttl).
+local function write_followups(i)
+  while i <= #ARGV do
+    if ARGV[i] == 'job' then
+      i = write_job(i + 1)
+    else
+      redis.call('RPUSH', ARGV[i + 1], ARGV[i + 2])
+      redis.call('EXPIRE', ARGV[i + 1], tonumber(ARGV[i + 3]))
+      i = i + 4
+    end
+  end
+end
+-- Marks the entry's job started once per claim (idempotent for a retried commit); returns the count.
+local function mark_started(entry)
+  local _, id, token = string.match(entry, '^([^\\t]*)\\t([^\\t]*)\\t?(.*)$')
+  local key = 'rq:job:' .. id
+  if redis.call('HGET', key, 'headwater_start_token') == entry then
+    return tonumber(redis.call('HGET', key, 'headwater_starts') or '1')
+  end
+  redis.call('HSET', key, 'headwater_start_token', entry)
+  return redis.call('HINCRBY', key, 'headwater_starts', 1)
+end
+"""
+
+# ARGV: followups only ('job' records). Used by producers: one atomic write per invocation.
+ENQUEUE = (
+    PRELUDE
+    + """
+write_followups(1)
+return 1
+"""
+)
+
+# KEYS[1] processing list, KEYS[2] workers zset, KEYS[3] quarantine hash.
+# ARGV: worker id, max jobs, rotation start, claim token, queue names...
+# Returns {status, quarantined, entry, data, starts, ...}: status -1 when the worker holds no live
+# lease (it must renew first: its jobs may have been handed back); quarantined lists, tab-separated,
+# the queues of jobs set aside because their hash was missing. Only the first job is marked
+# started; the rest are prefetched.
+CLAIM = (
+    PRELUDE
+    + """
+local worker, max, start, token = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local now = now_ms()
+local lease = redis.call('ZSCORE', KEYS[2], worker)
+if not lease or tonumber(lease) < now then return {-1, ''} end
+local n = #ARGV - 4
+local out, empty, i, missing = {0, ''}, 0, 0, {}
+while #out < 2 + 3 * max and empty < n do
+  local queue = ARGV[5 + ((start + i) % n)]
+  local id = redis.call('LPOP', 'rq:queue:' .. queue)
+  if id then
+    empty = 0
+    local data = redis.call('HGET', 'rq:job:' .. id, 'data')
+    if not data then
+      local why = 'the job has no data (its hash is missing)'
+      redis.call('HSET', KEYS[3], id, cjson.encode({queue = queue, reason = why, at = now / 1000}))
+      table.insert(missing, queue)
+    else
+      local entry = queue .. '\\t' .. id .. '\\t' .. token
+      redis.call('RPUSH', KEYS[1], entry)
+      local starts = 0
+      if #out == 2 then starts = mark_started(entry) end
+      table.insert(out, entry)
+      table.insert(out, data)
+      table.insert(out, starts)
+    end
+  else
+    empty = empty + 1
+  end
+  i = i + 1
+end
+out[2] = table.concat(missing, '\\t')
+return out
+"""
+)
+
+# KEYS[1] processing list. ARGV[1] finished entry, ARGV[2] next entry to mark started (or ''),
+# then followups. Returns {applied, next_starts}: applied 0 means the claim was no longer ours
+# (handed back, or this very commit was already applied): nothing is written. next_starts is -1
+# when the next entry is no longer held either.
+COMPLETE = (
+    PRELUDE
+    + """
+local applied = 0
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+  applied = 1
+  local _, id = split(ARGV[1])
+  redis.call('DEL', 'rq:job:' .. id)
+  write_followups(3)
+end
+local next_starts = 0
+if ARGV[2] ~= '' then
+  if redis.call('LPOS', KEYS[1], ARGV[2]) then next_starts = mark_started(ARGV[2]) else next_starts = -1 end
+end
+return {applied, next_starts}
+"""
+)
+
+# KEYS[1] processing list, KEYS[2] quarantine hash. ARGV[1] entry, ARGV[2] reason (JSON).
+# Moves a held job that cannot be decoded aside, keeping its hash for a later requeue.
+QUARANTINE = (
+    PRELUDE
+    + """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+local _, id = split(ARGV[1])
+redis.call('HSET', KEYS[2], id, ARGV[2])
+return 1
+"""
+)
+
+# KEYS[1] quarantine hash. ARGV[1] job id. Puts a quarantined job back at the back of its queue.
+REQUEUE = (
+    PRELUDE
+    + """
+local reason = redis.call('HGET', KEYS[1], ARGV[1])
+if not reason then return 0 end
+local queue = cjson.decode(reason)['queue']
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('RPUSH', 'rq:queue:' .. queue, ARGV[1])
+wake(queue)
+return 1
+"""
+)
+
+# KEYS[1] quarantine hash. ARGV[1] job id. Forgets a quarantined job and its hash.
+DROP = (
+    PRELUDE
+    + """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('DEL', 'rq:job:' .. ARGV[1])
+return 1
+"""
+)
+
+# KEYS[1] workers zset, KEYS[2] clock. ARGV: worker id, ttl ms, outage ms.
+# Renews the lease on Redis's clock. Returns {renewed, granted}: renewed 0 means the worker held no
+# lease (first beat, or its lease lapsed and its jobs were handed back); granted counts the leases
+# extended because Redis had been away.
+HEARTBEAT = (
+    PRELUDE
+    + """
+local now = now_ms()
+local ttl = tonumber(ARGV[2])
+local granted = observe_clock(KEYS[1], KEYS[2], now, tonumber(ARGV[3]), ttl)
+local renewed = 1
+if redis.call('ZADD', KEYS[1], now + ttl, ARGV[1]) == 1 then renewed = 0 end
+return {renewed, granted}
+"""
+)
+
+# KEYS[1] workers zset, KEYS[2] clock. ARGV: processing key prefix, outage ms, grace ms.
+# One atomic step per call: forget every worker whose lease lapsed and hand its jobs back, so a
+# recoverer that dies or is refused halfway strands nothing.
+RECOVER = (
+    PRELUDE
+    + """
+local now = now_ms()
+if observe_clock(KEYS[1], KEYS[2], now, tonumber(ARGV[2]), tonumber(ARGV[3])) > 0 then return 0 end
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - 1, 'LIMIT', 0, 100)
+local recovered = 0
+for _, worker in ipairs(dead) do
+  redis.call('ZREM', KEYS[1], worker)
+  recovered = recovered + hand_back(ARGV[1] .. worker)
+end
+return recovered
+"""
+)
+
+# KEYS[1] processing list. Puts every held entry back at the front of its queue, oldest first.
+HAND_BACK = (
+    PRELUDE
+    + """
+return hand_back(KEYS[1])
+"""
+)
+
+# KEYS[1] schedule. Moves due jobs (on Redis's clock) to the back of their queue.
+PROMOTE = (
+    PRELUDE
+    + """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms() / 1000, 'LIMIT', 0, 500)
+for _, entry in ipairs(due) do
+  local queue, id = split(entry)
+  redis.call('ZREM', KEYS[1], entry)
+  if queue and id then
+    redis.call('RPUSH', 'rq:queue:' .. queue, id)
+    wake(queue)
+  end
+end
+return #due
+"""
+)
