@@ -1,7 +1,11 @@
-"""`headwater`: validate a configuration, invoke functions, run worker pools, pollers and the dev stack.
+"""`headwater`'s command line: the operator's edge. Nothing here holds logic of its own.
 
-Errors reach the user as one line naming what is wrong (a `HeadwaterError`'s message), exit 2;
-configuration errors list every problem with its path. Nothing here holds logic of its own.
+Every failure reaches the operator as one line and exit code 2, never a traceback: a `HeadwaterError`
+as its Lambda code and message (configuration errors list every problem with its path), an
+unreachable Redis as where it was looked for and how to point elsewhere, a Redis that refuses writes
+(`OOM`, `READONLY`...) as a throttle (`TooManyRequestsException`), since the same call succeeds once it
+accepts them again. A Redis URL is printed only through `redacted`, so no password reaches a terminal
+or a CI log.
 """
 
 from __future__ import annotations
@@ -10,15 +14,102 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
 
-from broker import logs, payload
-from broker.config import Config, load_config, redis_url
-from broker.errors import HeadwaterError
+from redis.exceptions import (
+    BusyLoadingError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from broker import __version__, logs, payload
+from broker.config import DEFAULT_REDIS_URL, Config, load_config, redis_url
+from broker.connection import connect
+from broker.errors import HeadwaterError, TooManyRequests
 from broker.model import InvocationType
 
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from broker.queue import InvocationQueue
+
+    Commands = argparse._SubParsersAction[argparse.ArgumentParser]  # what `add_subparsers` returns; no public name
+
 Command = Callable[[argparse.Namespace], int]
+Parser = argparse.ArgumentParser
+
+DESCRIPTION = """\
+Headwater runs Lambda-style Python handlers with Lambda's asynchronous invocation and event source
+mappings (SQS, Kafka) on your own Redis. `validate` checks a configuration, `worker` and `poll` run
+the long-lived processes, `invoke`, `mappings` and `quarantine` inspect and drive a running system."""
+EPILOG = """\
+environment: HEADWATER_REDIS_URL (the Redis every command uses, overridden by --redis-url),
+HEADWATER_CONFIG (the configuration file, overridden by --config), HEADWATER_LOG_LEVEL.
+Errors are one line on stderr and exit code 2."""
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+CONNECT_TIMEOUT_SECONDS = 5.0
+# Redis alive but not accepting writes now (the same write succeeds later): the refusals redis-py has a
+# class for (it strips their prefix from the message), then the prefixes of those it has none for.
+REFUSAL_CLASSES = (OutOfMemoryError, ReadOnlyError, BusyLoadingError, MasterDownError, TryAgainError)
+REFUSAL_PREFIXES = ("MISCONF", "NOREPLICAS", "BUSY")
+PAST_TENSE = {"requeue": "requeued", "drop": "dropped"}
+_PASSWORD_IN_QUERY = re.compile(r"(?i)((?:^|&)[a-z_]*password=)[^&]*")
+
+
+def redacted(url: str) -> str:
+    """`url` fit to print: a password in its user part or its query (`?password=`) becomes `***`."""
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    netloc = f"{userinfo.split(':', 1)[0]}:***@{hosts}" if at and ":" in userinfo else parts.netloc
+    query = _PASSWORD_IN_QUERY.sub(r"\1***", parts.query)
+    return parts._replace(netloc=netloc, query=query).geturl()
+
+
+def _scrubbed(text: str, url: str) -> str:
+    """`text` with `url` redacted and any password it carries masked, wherever it was quoted."""
+    text = text.replace(url, redacted(url))
+    parts = urlsplit(url)
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    secrets = [userinfo.split(":", 1)[1]] if at and ":" in userinfo else []
+    secrets += [match.group(0).split("=", 1)[1] for match in _PASSWORD_IN_QUERY.finditer(parts.query)]
+    for secret in filter(None, secrets):
+        text = text.replace(secret, "***").replace(unquote(secret), "***")
+    return text
+
+
+def refuses_writes(error: RedisError) -> bool:
+    """True when Redis answered but will not take writes now (memory full, a replica, loading...)."""
+    return isinstance(error, REFUSAL_CLASSES) or (
+        isinstance(error, ResponseError) and str(error).startswith(REFUSAL_PREFIXES)
+    )
+
+
+def _redis_problem(error: RedisError, url: str) -> str:
+    if refuses_writes(error):
+        return f"Redis at {redacted(url)} refuses writes ({error}); nothing was changed, try again later"
+    if isinstance(error, (RedisConnectionError, RedisTimeoutError)):
+        cause = error.__cause__ or error.__context__
+        reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(error).rstrip(".")
+        return f"cannot reach Redis at {redacted(url)} ({reason}); set HEADWATER_REDIS_URL or --redis-url"
+    return f"Redis at {redacted(url)} answered with an error: {error}"
+
+
+def _connected(args: argparse.Namespace) -> Redis:
+    """A client for `--redis-url` that has answered a PING, so an unreachable Redis fails up front."""
+    redis = connect(args.redis_url, socket_connect_timeout=CONNECT_TIMEOUT_SECONDS)
+    redis.ping()
+    return redis
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -33,9 +124,8 @@ def _invoke(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     text = payload.read_argument(args.payload)
-    response = Client(config, redis_url()).invoke(
-        args.function_name, text, args.invocation_type, client_context=args.client_context
-    )
+    client = Client(config, _connected(args))  # it turns a Redis refusing writes into TooManyRequests
+    response = client.invoke(args.function_name, text, args.invocation_type, client_context=args.client_context)
     answer: dict[str, object] = {"StatusCode": response.status_code, "RequestId": response.request_id}
     if response.executed_version:
         answer["ExecutedVersion"] = response.executed_version
@@ -54,7 +144,7 @@ def _worker(args: argparse.Namespace) -> int:
     names = _function_names(config, args.functions)
     Pool(
         config,
-        redis_url(),
+        args.redis_url,
         processes=args.processes,
         function_names=names,
         grace_seconds=args.grace_seconds,
@@ -68,14 +158,15 @@ def _worker(args: argparse.Namespace) -> int:
 def _poll(args: argparse.Namespace) -> int:
     from broker.supervisor import Supervisor
 
-    asyncio.run(Supervisor(args.config, redis_url(), args.grace_seconds).serve(args.metrics_port))
+    asyncio.run(Supervisor(args.config, args.redis_url, args.grace_seconds).serve(args.metrics_port))
     return 0
 
 
 def _mappings(args: argparse.Namespace) -> int:
     from broker.mapping_state import print_mappings
 
-    print_mappings(args.config, redis_url(), as_json=args.json)
+    _connected(args).close()
+    print_mappings(args.config, args.redis_url, as_json=args.json)
     return 0
 
 
@@ -83,6 +174,66 @@ def _dev(args: argparse.Namespace) -> int:
     from broker.dev import run
 
     return run(keep_running=args.serve)
+
+
+def _queue(args: argparse.Namespace) -> InvocationQueue:
+    from broker.queue import InvocationQueue
+
+    return InvocationQueue(_connected(args))
+
+
+def _quarantine_list(args: argparse.Namespace) -> int:
+    jobs = [
+        {
+            "JobId": job.job_id,
+            "FunctionName": job.function_name,
+            "QuarantinedAt": datetime.fromtimestamp(job.quarantined_at, UTC).isoformat(timespec="seconds"),
+            "HasData": job.has_data,
+            "Reason": job.reason,
+        }
+        for job in _queue(args).quarantined()
+    ]
+    if args.output == "json":
+        print(json.dumps({"QuarantinedJobs": jobs}, indent=2))
+    elif not jobs:
+        print("no jobs in quarantine")
+    else:
+        print(f"{'JOB ID':36}  {'FUNCTION':20}  {'QUARANTINED AT':25}  {'DATA':4}  REASON")
+        for job in jobs:
+            data = "yes" if job["HasData"] else "no"
+            print(f"{job['JobId']:36}  {job['FunctionName']:20}  {job['QuarantinedAt']:25}  {data:4}  {job['Reason']}")
+    return 0
+
+
+def _quarantine_action(verb: str) -> Command:
+    """`requeue` or `drop` the named quarantined jobs (or all of them), printing each one done.
+
+    A job whose data is gone is never requeued (it could only come straight back). Exit code 1 when
+    some named job was not acted on: not in quarantine (already handled, or a wrong id) or without data."""
+
+    def act(args: argparse.Namespace) -> int:
+        if bool(args.all) == bool(args.job_ids):
+            args.usage_error("give the JOB_IDs to act on, or --all (not both)")
+        queue = _queue(args)
+        listed = {job.job_id: job for job in queue.quarantined()}
+        action = queue.requeue_quarantined if verb == "requeue" else queue.drop_quarantined
+        skipped: dict[str, list[str]] = {"not in quarantine": [], "no data to requeue, drop it instead": []}
+        for job_id in list(listed) if args.all else args.job_ids:
+            job = listed.get(job_id)
+            if verb == "requeue" and job is not None and not job.has_data:
+                skipped["no data to requeue, drop it instead"].append(job_id)
+            elif action(job_id):
+                print(f"{PAST_TENSE[verb]} {job_id} ({job.function_name if job else 'function unknown'})")
+            else:
+                skipped["not in quarantine"].append(job_id)
+        if args.all and not listed:
+            print("no jobs in quarantine")
+        for why, job_ids in skipped.items():
+            if job_ids:
+                print(f"headwater: {why}: {', '.join(job_ids)}", file=sys.stderr)
+        return 1 if any(skipped.values()) else 0
+
+    return act
 
 
 def _function_names(config: Config, selection: str | None) -> list[str] | None:
@@ -95,50 +246,99 @@ def _function_names(config: Config, selection: str | None) -> list[str] | None:
     return names
 
 
+def _global_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """The options every command takes, before or after its name. Only the top-level parser holds
+    defaults; a command's own copy stays unset unless given, so it never hides a value given earlier."""
+    default_url = redis_url() if defaults else argparse.SUPPRESS
+    default_level = os.environ.get("HEADWATER_LOG_LEVEL", "INFO").upper() if defaults else argparse.SUPPRESS
+    url_help = f"the Redis to use (default: $HEADWATER_REDIS_URL, else {DEFAULT_REDIS_URL})"
+    parser.add_argument("--redis-url", default=default_url, help=url_help)
+    level_help = "log level (default: $HEADWATER_LOG_LEVEL, else INFO)"
+    parser.add_argument("--log-level", default=default_level, type=str.upper, choices=LOG_LEVELS, help=level_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="headwater", description=__doc__)
-    parser.add_argument("--log-level", default=os.environ.get("HEADWATER_LOG_LEVEL", "INFO"))
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="headwater", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"headwater {__version__}")
+    _global_options(parser, defaults=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, defaults=False)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _command(commands, common, "validate", _validate, "check a configuration file and print every error at once")
+    _add_invoke(_command(commands, common, "invoke", _invoke, "invoke a function, as `aws lambda invoke` does"))
+    _add_worker(_command(commands, common, "worker", _worker, "run a worker pool that drains the invocation queue"))
+    poll = _command(commands, common, "poll", _poll, "run the pollers of every enabled event source mapping")
+    poll.add_argument("--metrics-port", type=int, default=None)
+    poll.add_argument("--grace-seconds", type=float, default=30.0, help="time in-flight batches get to settle")
+    described = "show each event source mapping as Lambda describes it, with its state"
+    mappings = _command(commands, common, "mappings", _mappings, described)
+    mappings.add_argument("--json", action="store_true", help="Lambda's EventSourceMappingConfiguration JSON")
+    _add_quarantine(commands, common)
+    described = "run a private Redis (not --redis-url), a worker and example invocations, and show the outcomes"
+    dev = _command(commands, common, "dev", _dev, described, config=False)
+    dev.add_argument("--serve", action="store_true", help="keep the stack running after the demonstration")
+    return parser
 
-    def command(name: str, handler: Command, help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.set_defaults(handler=handler)
-        if name != "dev":
-            sub.add_argument("--config", help="configuration file (default: $HEADWATER_CONFIG)")
-        return sub
 
-    command("validate", _validate, "check a configuration file and print every error at once")
-    invoke = command("invoke", _invoke, "invoke a function, as `aws lambda invoke` does")
+def _command(
+    under: Commands, common: Parser, name: str, handler: Command, help_text: str, *, config: bool = True
+) -> Parser:
+    sub = under.add_parser(name, help=help_text, description=help_text, parents=[common])
+    sub.set_defaults(handler=handler, usage_error=sub.error)
+    if config:
+        sub.add_argument("--config", help="configuration file (default: $HEADWATER_CONFIG)")
+    return sub
+
+
+def _add_invoke(invoke: Parser) -> None:
     invoke.add_argument("function_name", metavar="NAME")
     invoke.add_argument("--payload", default="{}", help="JSON text, or file://PATH")
     invoke.add_argument("--invocation-type", default="RequestResponse", choices=[t.value for t in InvocationType])
     invoke.add_argument("--client-context", help="base64 JSON, passed to the handler on RequestResponse")
-    worker = command("worker", _worker, "run a worker pool that drains the invocation queue")
+
+
+def _add_worker(worker: Parser) -> None:
     worker.add_argument("--processes", type=int, default=1)
     worker.add_argument("--functions", help="comma-separated function names (default: all)")
     worker.add_argument("--grace-seconds", type=float, default=30.0)
     worker.add_argument("--prefetch", type=int, default=8, help="jobs a process claims ahead under backlog")
     worker.add_argument("--metrics-port", type=int, default=None)
-    poll = command("poll", _poll, "run the pollers of every enabled event source mapping")
-    poll.add_argument("--metrics-port", type=int, default=None)
-    poll.add_argument("--grace-seconds", type=float, default=30.0, help="time in-flight batches get to settle")
-    mappings = command("mappings", _mappings, "show each event source mapping as Lambda describes it, with its state")
-    mappings.add_argument("--json", action="store_true", help="Lambda's EventSourceMappingConfiguration JSON")
-    dev = command("dev", _dev, "run a private Redis, a worker and example invocations, and show the outcomes")
-    dev.add_argument("--serve", action="store_true", help="keep the stack running after the demonstration")
-    return parser
+
+
+def _add_quarantine(commands: Commands, common: Parser) -> None:
+    described = "list, requeue or drop jobs no worker could decode (poison jobs)"
+    quarantine = commands.add_parser("quarantine", help=described, description=described, parents=[common])
+    actions = quarantine.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = _command(actions, common, "list", _quarantine_list, "list quarantined jobs and why", config=False)
+    listing.add_argument("--output", choices=["table", "json"], default="table")
+    for verb, help_text in (
+        ("requeue", "put quarantined jobs back at the back of their function's queue"),
+        ("drop", "delete quarantined jobs for good"),
+    ):
+        sub = _command(actions, common, verb, _quarantine_action(verb), help_text, config=False)
+        sub.add_argument("job_ids", nargs="*", metavar="JOB_ID")
+        sub.add_argument("--all", action="store_true", help="every job in quarantine")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.log_level not in LOG_LEVELS:  # only a bad $HEADWATER_LOG_LEVEL gets here: argparse checked the flag
+        parser.error(f"HEADWATER_LOG_LEVEL: invalid choice {args.log_level!r} (choose from {', '.join(LOG_LEVELS)})")
     logs.configure(args.log_level)
     try:
         return int(args.handler(args))
     except HeadwaterError as error:
-        print(f"headwater: {error.code}: {error.message}", file=sys.stderr)
-        return 2
+        reason = f" (Reason: {error.reason})" if isinstance(error, TooManyRequests) else ""
+        problem = f"{error.code}: {error.message}{reason}"
+        if isinstance(error.__cause__, RedisError) and not isinstance(error, TooManyRequests):
+            problem = _redis_problem(error.__cause__, args.redis_url)
+    except RedisError as error:
+        problem = _redis_problem(error, args.redis_url)
     except KeyboardInterrupt:
         return 130
+    print(f"headwater: {_scrubbed(problem, args.redis_url)}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
