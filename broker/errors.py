@@ -12,6 +12,7 @@
     ├── StoreUnavailable               yes  Redis is unreachable or refuses writes (OOM, READONLY, LOADING)
     ├── DestinationError               yes  a destination or DLQ could not be written
     └── SourceError                    yes  an event source could not be read or acknowledged
+        └── BatchLostError             yes  a batch's invocation will never answer; hand it back
 
 Each error carries Lambda's `code` and HTTP `status`, so the CLI, the Python client and any API
 speak the same error language as a Lambda user already knows.
@@ -111,3 +112,10 @@ class SourceError(HeadwaterError):
     code = "EventSourceError"
     status = 502
     retryable = True
+
+
+class BatchLostError(SourceError):
+    """A batch's invocation will never answer (its job was deleted or quarantined, or the source's
+    hold limit passed): the poller hands the batch back to its source, which redelivers it."""
+
+    code = "BatchLost"

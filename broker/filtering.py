@@ -50,10 +50,14 @@ def decode(text: str | bytes) -> Any:
 
 
 def decode_or_text(text: str) -> Any:
-    """A record's data as patterns see it: decoded JSON when it is JSON, else the raw string."""
+    """A record's data as patterns see it: decoded JSON when it is JSON, else the raw string.
+
+    JSON nested deeper than the interpreter's recursion limit (a hostile `[[[[...`) cannot be
+    decoded: it is matched as its raw string, like any body that is not JSON, and the record
+    still reaches the handler unchanged; it never stops the poller."""
     try:
         return decode(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return text
 
 

@@ -38,6 +38,9 @@ class ProcessingResult(StrEnum):
     NONE = "No records processed"
     OK = "OK"
     PROBLEM = "PROBLEM: Function call failed"
+    # A record the source's client could not read (e.g. a Kafka header name that is not UTF-8) was
+    # skipped; Lambda has no such value, the mapping must still say why records went missing.
+    UNREADABLE_RECORD = "PROBLEM: Record could not be read and was skipped"
 
 
 def user_action_reason(mapping: EventSourceMapping) -> str:

@@ -96,7 +96,11 @@ STORE_ERRORS = Counter(
     "Redis errors met by a process and retried (connection, timeout, OOM, READONLY, LOADING...).",
     ["error"],
 )
-ESM_STAGES = ("polled", "filtered_out", "invoked", "failed_invoke", "deleted", "dropped", "on_failure_delivered")
+ESM_STAGES = (
+    *("polled", "filtered_out", "invoked", "failed_invoke", "deleted", "dropped", "on_failure_delivered"),
+    "handed_back",  # a batch whose invocation vanished went back to its source, to be read again
+    "unreadable",  # a record the source could not decode was skipped (see LastProcessingResult)
+)
 ESM_EVENTS = Counter(
     "headwater_esm_events", "Event source mapping accounting by stage.", ["event_source", "source_type", "stage"]
 )

@@ -19,6 +19,12 @@ place after the pause for up to one function timeout (its visibility is kept ali
 then lets it go back to the queue, where the receive counts toward maxReceiveCount, as on Lambda.
 A log source's retries (throttles included) are `stream_retry`'s.
 
+No batch waits forever for its invocation (see `broker.sender`): when the invocation's job vanishes
+without a reply, or the source's hold limit passes, a queue source is told to `release` the batch
+(SQS makes it visible at once; the receive counts toward maxReceiveCount, as on Lambda) and a log
+source retries it in place, in order. Records a source could not read are counted ("unreadable")
+and shown as the mapping's LastProcessingResult.
+
 `stop()` ends reading at once (a read in progress is abandoned: its records come back); batches
 already read finish and settle. The caller cancels `run()` when its grace period is over, and a
 batch cut off then is simply never acknowledged.
@@ -33,12 +39,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from broker import batch_response, metrics, stream_retry
 from broker.config import Function, Settings
 from broker.destinations.base import Message
-from broker.errors import SourceError
+from broker.errors import BatchLostError, SourceError
 from broker.filtering import FilterCriteria
 from broker.logs import get_logger
 from broker.mapping import EventSourceMapping
@@ -82,7 +86,8 @@ class Poller:
         self._in_flight: list[Batch] = []
         self._desired = 1
         labels = (mapping.uuid, mapping.source_kind)
-        self._count = {stage: metrics.ESM_EVENTS.labels(*labels, stage) for stage in metrics.ESM_STAGES}
+        stages = metrics.ESM_STAGES
+        self._count = {stage: metrics.ESM_EVENTS.labels(*labels, stage) for stage in stages}
         self._batch_sizes = metrics.POLLER_BATCH_SIZE.labels(mapping.uuid)
         self._concurrent = metrics.POLLER_CONCURRENT_BATCHES.labels(mapping.uuid)
         self._last_poll = metrics.POLLER_LAST_POLL.labels(mapping.uuid)
@@ -147,6 +152,7 @@ class Poller:
             await wait_or_timeout(self._stopping, SOURCE_ERROR_BACKOFF_SECONDS)
             return None
         self._last_poll.set(time.time())
+        await self._report_unreadable()
         if not batch:
             self._scaler.read_was_empty()
             return None
@@ -155,6 +161,15 @@ class Poller:
         if len(batch) >= self.mapping.batch_size:
             self._scaler.batch_was_full()
         return batch
+
+    async def _report_unreadable(self) -> None:
+        """Records the source skipped unread: counted, logged, and shown as the mapping's last result."""
+        if not self.source.unreadable:
+            return
+        reasons, self.source.unreadable[:] = list(self.source.unreadable), []
+        self._count["unreadable"].inc(len(reasons))
+        log.error("records could not be read and were skipped", mapping=self.mapping.uuid, reasons=reasons)
+        await self._report(ProcessingResult.UNREADABLE_RECORD)
 
     async def _process(self, batch: Batch) -> None:
         self._in_flight.append(batch)
@@ -179,10 +194,10 @@ class Poller:
     async def _deliver_once(self, batch: Batch, work: Batch) -> None:
         try:
             result = await self._invoke_through_throttles(work)
-        except (RedisError, OSError) as error:
-            log.warning("invocation queue unreachable; the batch goes back to its source", error=str(error))
-            await self._settle(batch, frozenset(record.item_id for record in batch.records))
-            await wait_or_timeout(self._stopping, SOURCE_ERROR_BACKOFF_SECONDS)
+        except BatchLostError as error:
+            log.warning("no outcome will come; the batch goes back to its source now", error=error.message)
+            self._count["handed_back"].inc(len(batch))
+            await self._release(batch)
             return
         failed = batch_response.failed_items(
             result, work, self.mapping.reports_batch_item_failures, self.source.item_id_of
@@ -213,7 +228,9 @@ class Poller:
         reads (exponential backoff); the caller decides when to retry the batch itself."""
         self._count["invoked"].inc(len(work))
         event = self.source.event(work)
-        result = await self._sender.invoke(self.function.function_name, event, self.mapping.source_kind)
+        result = await self._sender.invoke(
+            self.function.function_name, event, self.mapping.source_kind, give_up_at=self.source.hold_deadline(work)
+        )
         if result.status is Status.THROTTLED:
             self._count["failed_invoke"].inc(len(work))
             pause = self._scaler.throttled()
@@ -234,6 +251,12 @@ class Poller:
         target = self.mapping.on_failure_destination
         if target is not None:
             await self._send(target, Message(body=json.dumps(record)))
+
+    async def _release(self, batch: Batch) -> None:
+        try:
+            await self.source.release(batch)
+        except SourceError as error:
+            log.warning("could not hand a batch back; its records return after their timeout", error=error.message)
 
     async def _settle(self, batch: Batch, failed: frozenset[str]) -> None:
         log.debug("settling batch", mapping=self.mapping.uuid, records=len(batch), failed=len(failed))

@@ -12,7 +12,8 @@ applies them to streams and Kafka:
   does (Lambda's documentation does not say).
 - BisectBatchOnFunctionError splits a failing batch in two and runs each half in order, spending
   no retry; each half carries the retries spent so far.
-- A throttle, or an invocation that never reached a worker, backs off and spends no retry.
+- A throttle, or an invocation whose job vanished without an answer (`BatchLostError`), backs off and
+  spends no retry; the batch is retried in order.
 - Records older than MaximumRecordAgeInSeconds are not invoked: they go to the on-failure
   destination with condition RecordAgeExceeded and no responseContext.
 - The caller's `invoke` counts what it invokes (the poller does); this module counts only what it
@@ -33,12 +34,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import RedisError
-
-from broker import metrics, records
+from broker import backoff, metrics, records
 from broker.batch_response import failed_items
 from broker.destinations import kind_for
-from broker.errors import DestinationError
+from broker.errors import BatchLostError, DestinationError
 from broker.logs import get_logger
 from broker.mapping import EventSourceMapping
 from broker.model import Result, Status, new_request_id
@@ -126,12 +125,9 @@ class _Delivery:
         while True:
             try:
                 result = await self._invoke(batch)
-            except (RedisError, OSError) as error:
-                log.warning(
-                    "could not reach the invocation queue; retrying",
-                    mapping=self.mapping.uuid,
-                    error=str(error),
-                )
+            except BatchLostError as error:
+                log.warning("the batch's invocation will never answer; retrying it", error=error.message)
+                metrics.ESM_EVENTS.labels(*self._labels, "handed_back").inc(len(batch))
             else:
                 if result.status is not Status.THROTTLED:
                     attempts.invokes += 1
@@ -233,5 +229,4 @@ def _from_first_failure(batch: Batch, failed: frozenset[str]) -> Batch:
 
 
 def _backoff(bounds: tuple[float, float], step: int) -> float:
-    initial, largest = bounds
-    return float(min(initial * 2.0**step, largest))
+    return backoff.delay(step, *bounds)

@@ -166,6 +166,12 @@ class Source(ABC):
       therefore be idempotent, as on Lambda.
     - `read_batch` never returns a lane that has a batch in flight (order per lane, retries
       included), and returns None when nothing arrived within its wait.
+    - A queue source may be told to `release(batch)` instead of settling it, when the batch's
+      invocation will never answer (its job vanished, or `hold_deadline` passed): every record goes
+      back to the source at once, unacknowledged. A log source is never released: its poller
+      retries the batch in place, in order.
+    - A record the source cannot read (bytes its client library refuses) never stops the source:
+      it is skipped, its reason appended to `unreadable`, and the poller counts and reports it.
     """
 
     retries_in_place: ClassVar[bool] = False
@@ -181,6 +187,7 @@ class Source(ABC):
     def __init__(self, mapping: EventSourceMapping, context: SourceContext) -> None:
         self.mapping = mapping
         self.context = context
+        self.unreadable: list[str] = []  # reasons of records skipped unread; the poller drains it
 
     async def start(self) -> None:
         """Connect and check the source; raise ConfigError for what Lambda would refuse."""
@@ -201,6 +208,17 @@ class Source(ABC):
 
     async def keep_alive(self, batches: list[Batch]) -> None:
         """Called often (every half second) for the batches in flight: extend SQS visibility, heartbeat."""
+
+    def hold_deadline(self, batch: Batch) -> float | None:
+        """When (monotonic seconds) the source can hold the batch no longer, so its invocation is
+        given up and the batch released; None: as long as the invocation's job exists."""
+        return None
+
+    async def release(self, batch: Batch) -> None:
+        """Hand the whole batch back now, acknowledging nothing (a queue source only)."""
+        if self.retries_in_place:
+            raise NotImplementedError(f"{type(self).__name__} retries batches in place; it never releases them")
+        await self.settle(batch, frozenset(record.item_id for record in batch.records))
 
     def owns(self, batch: Batch) -> bool:
         """Whether this poller still holds the batch's lane; a lost lane (Kafka rebalance, lost

@@ -7,6 +7,7 @@ import base64
 import functools
 import json
 import os
+import time
 from typing import Any
 
 from redis import Redis
@@ -15,6 +16,10 @@ EVENTS = "kafka:events"  # every event received, in arrival order
 STARTED = "kafka:started"  # gated: the batch has reached the handler
 GATE = "kafka:gate"  # gated: a token here lets one waiting batch finish
 FAILED_ONCE = "kafka:failed-once"  # flaky: record ids that already failed once
+RUNNING = "kafka:running:"  # slow_marked, + partition: how many batches of it run right now
+OVERLAPS = "kafka:overlaps"  # slow_marked: partitions seen with two batches running at once
+OFFSETS = "kafka:offsets:"  # slow_marked, + partition: offsets in the order their batches began
+SLOW_SECONDS = 1.5
 
 
 @functools.cache
@@ -75,3 +80,18 @@ def gated(event: dict[str, Any], context: Any) -> None:
     _client().rpush(STARTED, json.dumps(event))
     if _client().blpop([GATE], timeout=60) is None:
         raise TimeoutError("no gate token within 60 s")
+
+
+def slow_marked(event: dict[str, Any], context: Any) -> None:
+    """Takes SLOW_SECONDS per batch, noting per partition the offsets it began and whether another
+    batch of the same partition was running at that moment."""
+    client = _client()
+    client.rpush(STARTED, json.dumps(event))
+    partitions = [records[0]["partition"] for records in event["records"].values()]
+    for partition, records in zip(partitions, event["records"].values(), strict=True):
+        if client.incr(f"{RUNNING}{partition}") > 1:
+            client.rpush(OVERLAPS, partition)
+        client.rpush(f"{OFFSETS}{partition}", *[record["offset"] for record in records])
+    time.sleep(SLOW_SECONDS)
+    for partition in partitions:
+        client.decr(f"{RUNNING}{partition}")

@@ -74,7 +74,13 @@ class KafkaStack:
         """One function (tests.handlers.kafka_handlers.HANDLER) and one mapping on this topic."""
         document = {
             "Functions": [
-                {"FunctionName": "consumer", "Handler": f"tests.handlers.kafka_handlers.{handler}", "Timeout": timeout}
+                {
+                    "FunctionName": "consumer",
+                    "Handler": f"tests.handlers.kafka_handlers.{handler}",
+                    "Timeout": timeout,
+                    # A sandbox sees only its function's variables (and Lambda's), not the worker's.
+                    "Environment": {"Variables": {"TEST_REDIS_URL": self.redis_url}},
+                }
             ],
             "EventSourceMappings": [
                 {

@@ -185,6 +185,23 @@ async def test_two_pollers_share_partitions_and_survive_one_leaving(stack: Kafka
     assert set(decoded_values(stack)) == expected
 
 
+async def test_a_rebalance_lets_in_flight_batches_finish_before_the_next_owner_starts(stack: KafkaStack) -> None:
+    stack.configure("slow_marked", timeout=10, BatchSize=2, MaximumBatchingWindowInSeconds=0)
+    await stack.produce(*({"partition": p, "value": f"{p}-{i}"} for p in range(3) for i in range(6)))
+    stack.start_workers(processes=3)
+    first = stack.start_poller()
+    await stack.wait_for(lambda: stack.redis.llen(kafka_handlers.STARTED) >= 1)
+    second = stack.start_poller()  # joins while the first poller's batches run: every partition is revoked
+
+    await stack.wait_for(lambda: _committed_is(stack, {0: 6, 1: 6, 2: 6}), within=90)
+    assert stack.owned_partitions(second), "the second poller never got a partition"
+    assert stack.redis.lrange(kafka_handlers.OVERLAPS, 0, -1) == []
+    for partition in range(3):
+        began = [int(offset) for offset in stack.redis.lrange(f"{kafka_handlers.OFFSETS}{partition}", 0, -1)]
+        assert began == list(range(6)), f"partition {partition}: offsets began in this order: {began}"
+    assert first.poll() is None
+
+
 def _split(stack: KafkaStack, first: Any, second: Any) -> bool:
     mine, theirs = stack.owned_partitions(first), stack.owned_partitions(second)
     return bool(mine) and bool(theirs) and not mine & theirs and mine | theirs == {0, 1, 2}

@@ -38,13 +38,11 @@ def mapping_for(stack: KafkaStack, name: str = "consumer", **fields: Any) -> Eve
     )
 
 
-def source_for(mapping: EventSourceMapping, **consumer_options: Any) -> KafkaSource:
-    context = SourceContext(
-        aws_session=None,
-        region="us-east-1",
-        function_timeout_seconds=3,
-        extras={"kafka_consumer_options": {**FAST_GROUP, **consumer_options}},
-    )
+def source_for(mapping: EventSourceMapping, drain_seconds: float | None = None, **consumer_options: Any) -> KafkaSource:
+    extras: dict[str, Any] = {"kafka_consumer_options": {**FAST_GROUP, **consumer_options}}
+    if drain_seconds is not None:
+        extras["kafka_drain_seconds"] = drain_seconds
+    context = SourceContext(aws_session=None, region="us-east-1", function_timeout_seconds=3, extras=extras)
     return KafkaSource(mapping, context)
 
 
@@ -143,12 +141,13 @@ async def test_a_batch_outliving_max_poll_interval_keeps_the_group(stack: KafkaS
 
 @pytest.mark.kafka
 async def test_a_revoked_partitions_batch_is_not_committed_and_is_read_again(stack: KafkaStack, sources: Any) -> None:
+    """A batch still out when the revoke's drain ends is left to the next owner."""
     mapping = mapping_for(stack)
-    first = sources(source_for(mapping))
+    first = sources(source_for(mapping, drain_seconds=1))
     await stack.produce(*({"partition": p, "value": f"p{p}"} for p in range(3)))
     await first.start()
     out = [await _next_batch(first) for _ in range(3)]
-    second = sources(source_for(mapping))
+    second = sources(source_for(mapping, drain_seconds=1))
     await second.start()  # the group rebalances: every partition of `first` is revoked (eager protocol)
     deadline = time.monotonic() + 30
     while not (out and not first.owns(out[0])):
@@ -161,6 +160,78 @@ async def test_a_revoked_partitions_batch_is_not_committed_and_is_read_again(sta
     values = await read_values(first, second, count=3)
     assert sorted(values) == ["p0", "p1", "p2"]
     assert await stack.committed_for(mapping.uuid) == {0: 1, 1: 1, 2: 1}
+
+
+@pytest.mark.kafka
+async def test_a_revoke_waits_for_batches_in_flight_and_commits_them(stack: KafkaStack, sources: Any) -> None:
+    mapping = mapping_for(stack)
+    first = sources(source_for(mapping))
+    await stack.produce(*({"partition": p, "value": f"p{p}"} for p in range(3)))
+    await first.start()
+    out = [await _next_batch(first) for _ in range(3)]
+    second = sources(source_for(mapping))
+    # The group rebalances: `first` is asked to revoke every partition, and `second.start()` returns
+    # only once the group has let it join, after `first` is done with the revoke.
+    starting = asyncio.ensure_future(second.start())
+    deadline = time.monotonic() + 20
+    while len(first.draining) < 3:
+        assert time.monotonic() < deadline, "the revoke never started"
+        await asyncio.sleep(0.05)
+    assert await first.read_batch() is None  # a draining partition yields nothing more
+    for batch in out:
+        assert first.owns(batch)  # still owned while it drains: its outcome is committed here
+        await first.settle(batch, frozenset())
+    await asyncio.wait_for(starting, 30)
+    assert await stack.committed_for(mapping.uuid) == {0: 1, 1: 1, 2: 1}
+
+    await stack.produce(*({"partition": p, "value": f"q{p}"} for p in range(3)))
+    values = await read_values(first, second, count=3)
+    assert sorted(values) == ["q0", "q1", "q2"]  # nobody reads p0..p2 again
+
+
+@pytest.mark.kafka
+async def test_a_record_the_client_cannot_decode_is_skipped_and_reported(stack: KafkaStack, sources: Any) -> None:
+    await stack.produce({"partition": 0, "value": "before"})
+    _produce_with_undecodable_header(stack)
+    await stack.produce({"partition": 0, "value": "after"})
+    source = sources(source_for(mapping_for(stack)))
+    await source.start()
+    assert await read_values(source, count=2) == ["before", "after"]
+    assert len(source.unreadable) == 1
+    assert source.unreadable[0].startswith(f"{stack.topic}-0@1: ")
+    assert await stack.committed_for(source.group_id) == {0: 3}
+
+
+RAW_HEADER_PRODUCER = """
+import asyncio, sys
+from aiokafka import AIOKafkaProducer
+
+class RawName(str):  # encodes to bytes that are not UTF-8
+    def encode(self, encoding="utf-8", errors="strict"):
+        return b"\\xff\\xfe-trace"
+
+async def main():
+    producer = AIOKafkaProducer(bootstrap_servers=sys.argv[1])
+    await producer.start()
+    try:
+        await producer.send_and_wait(sys.argv[2], b"unreadable", partition=0, headers=[(RawName("x"), b"v")])
+    finally:
+        await producer.stop()
+
+asyncio.run(main())
+"""
+
+
+def _produce_with_undecodable_header(stack: KafkaStack) -> None:
+    """A record whose header name is not UTF-8. aiokafka's C record builder refuses to write one,
+    so a child process produces it with aiokafka's pure-Python builder (AIOKAFKA_NO_EXTENSIONS)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "AIOKAFKA_NO_EXTENSIONS": "1"}
+    command = [sys.executable, "-c", RAW_HEADER_PRODUCER, stack.broker.bootstrap_servers, stack.topic]
+    subprocess.run(command, env=env, check=True, timeout=60)
 
 
 async def _next_batch(source: KafkaSource, within: float = 30.0) -> Batch:

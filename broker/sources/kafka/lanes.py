@@ -7,6 +7,8 @@ Pure bookkeeping with no client in it, so the rules read (and test) on their own
   the window when the first record arrives, not when the previous invocation ends).
 - A partition with a batch in flight yields nothing more until that batch is settled, so its
   records reach the function in offset order, retries included.
+- A revoked partition first drains: it yields no batch and keeps no record, while its batch in
+  flight may still finish and be committed (it is still owned); only then is it revoked.
 - Each assignment of a partition opens a new epoch. A batch read under an older epoch is no longer
   owned: its partition was revoked, another poller (or this one, afresh) re-reads its records from
   the committed offset, so it must never be committed.
@@ -38,6 +40,7 @@ class _Lane:
     buffer: deque[tuple[Record, float]] = field(default_factory=deque)  # (record, arrived monotonic)
     buffered_bytes: int = 0
     in_flight: int | None = None  # epoch of the batch being invoked, even after a revoke
+    draining: bool = False  # revoked by the group, waiting for its batch in flight before letting go
 
 
 class Lanes:
@@ -55,14 +58,23 @@ class Lanes:
         lane = self._lanes.setdefault(name, _Lane())
         if lane.epoch is None:
             lane.epoch = next(self._epochs)
+            lane.draining = False
             self._clear(lane)
         return lane.epoch
+
+    def drain(self, name: str) -> None:
+        """Take no more from the partition (its buffer is dropped); its batch in flight stays owned."""
+        lane = self._lanes.get(name)
+        if lane is not None:
+            lane.draining = True
+            self._clear(lane)
 
     def revoke(self, name: str) -> None:
         """Forget the partition's buffer; a batch in flight stays in flight but is no longer owned."""
         lane = self._lanes.get(name)
         if lane is not None:
             lane.epoch = None
+            lane.draining = False
             self._clear(lane)
 
     def restart(self, name: str) -> None:
@@ -85,6 +97,8 @@ class Lanes:
     # -- records and batches ------------------------------------------------------------------------
     def add(self, name: str, record: Record, now: float) -> None:
         lane = self._lanes[name]
+        if lane.draining:  # fetched before the revoke: the next owner reads it from the committed offset
+            return
         lane.buffer.append((record, now))
         lane.buffered_bytes += record.size_bytes
 
@@ -94,7 +108,7 @@ class Lanes:
         if lane is None:
             return False
         full = len(lane.buffer) >= self.batch_size or lane.buffered_bytes >= self.limit_bytes
-        return lane.in_flight is not None or full
+        return lane.in_flight is not None or full or lane.draining
 
     def take_ready(self, now: float) -> Batch | None:
         """The next ready batch of a partition with nothing in flight; it is in flight from now on."""
@@ -125,6 +139,9 @@ class Lanes:
         if lane.in_flight == _epoch_of(batch):
             lane.in_flight = None
         return owned
+
+    def draining(self) -> list[str]:
+        return [name for name, lane in self._lanes.items() if lane.draining]
 
     def in_flight(self, name: str) -> bool:
         lane = self._lanes.get(name)

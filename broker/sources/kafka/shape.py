@@ -12,6 +12,7 @@ import base64
 import json
 from typing import Any
 
+from broker.filtering import decode_or_text
 from broker.records import iso_timestamp
 from broker.sources.base import Batch, Record
 from broker.sources.kafka.lanes import Position
@@ -137,12 +138,11 @@ def _java_bytes(data: bytes | None) -> list[int]:
 
 
 def _filter_view(entry: dict[str, Any], value: bytes | None) -> dict[str, Any]:
-    """What FilterCriteria see: the record's metadata, and its value decoded (as JSON when it is JSON)."""
+    """What FilterCriteria see: the record's metadata, and its value decoded (as JSON when it is JSON).
+
+    Bytes that are not UTF-8 are read with replacement characters, and JSON too deep to decode
+    stays text, so no value can stop the poller; the handler still gets the exact bytes (base64)."""
     view = dict(entry)
     if value is not None:
-        text = value.decode("utf-8", errors="replace")
-        try:
-            view["value"] = json.loads(text)
-        except ValueError:
-            view["value"] = text
+        view["value"] = decode_or_text(value.decode("utf-8", errors="replace"))
     return view

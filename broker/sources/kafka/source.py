@@ -11,9 +11,16 @@ How it keeps the acknowledgement contract written on `Source`:
   also what keeps aiokafka from leaving the group when a batch outlives `max_poll_interval_ms`
   (aiokafka measures the time since the consumer last fetched, not since the last commit).
 - Poller replicas share partitions through Kafka's group protocol (group id: ConsumerGroupId, else
-  the mapping's stable UUID). A batch in flight of a revoked partition is never committed here:
-  whoever holds the partition next re-reads it from the committed offset. If the partition comes
-  back while its old batch is still out, it stays paused until that batch is settled.
+  the mapping's stable UUID). When the group takes partitions away, aiokafka awaits
+  `partitions_revoked` before this consumer rejoins, and the group waits for it: the revoked
+  partitions stop yielding batches at once, their batches in flight are awaited (at most
+  `drain_seconds`: the function timeout plus `DRAIN_MARGIN_SECONDS`) and committed, and only then
+  are the partitions let go. So the next owner starts after the last committed batch, and never
+  runs the same offsets at the same time or out of order. `rebalance_timeout_ms` is raised to cover
+  that wait, or the group would move on without us. A batch still out when the wait ends (its job
+  sat behind a backlog) is never committed here: the next owner re-reads it from the committed
+  offset (a duplicate run, as after a crash). If the partition comes back while that old batch is
+  still out, it stays paused until the batch is settled.
 - StartingPosition applies only to partitions without a committed offset. What LATEST or
   AT_TIMESTAMP resolves to is committed at once, so a rebalance before the first batch keeps it.
 """
@@ -47,6 +54,8 @@ READ_WAIT_SECONDS = 1.0
 LAG_REFRESH_SECONDS = 5.0
 COMMIT_ATTEMPTS = 5
 RETRY_BACKOFF_SECONDS = 0.5
+DRAIN_MARGIN_SECONDS = 10.0  # beyond the function timeout: queueing, the reply, the commit
+REJOIN_MARGIN_SECONDS = 10.0  # beyond the drain: the group's own round trips
 BOOTSTRAP_ENVIRONMENT = "HEADWATER_KAFKA_BOOTSTRAP_SERVERS"
 # JSON of extra aiokafka consumer arguments (session_timeout_ms, fetch sizes...): Headwater's knobs.
 OPTIONS_ENVIRONMENT = "HEADWATER_KAFKA_CONSUMER_OPTIONS"
@@ -70,6 +79,7 @@ class KafkaSource(Source):
         self._committed: dict[str, int] = {}
         self._fetcher: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._lane_freed = asyncio.Event()  # set by every settle: a draining revoke looks again
         self._lag_due = 0.0
 
     @property
@@ -83,6 +93,15 @@ class KafkaSource(Source):
             raise ConfigError([problem])
         return servers
 
+    @property
+    def drain_seconds(self) -> float:
+        """The longest a revoke waits for the revoked partitions' batches in flight (the source
+        context's `kafka_drain_seconds` extra, when given, replaces the default)."""
+        override = self.context.extras.get("kafka_drain_seconds")
+        if override is not None:
+            return float(override)
+        return self.context.function_timeout_seconds + DRAIN_MARGIN_SECONDS
+
     # -- lifecycle ----------------------------------------------------------------------------------
     async def build_consumer(self) -> Any:
         """The consumer, with the mapping's security settings; not yet started."""
@@ -95,6 +114,7 @@ class KafkaSource(Source):
             # Only reached without a usable committed offset: the starting position is resolved by
             # `_position`, and an offset lost to retention restarts at the oldest record kept.
             "auto_offset_reset": "earliest",
+            "rebalance_timeout_ms": int((self.drain_seconds + REJOIN_MARGIN_SECONDS) * 1000),
             **security,
             **self.context.extras.get("kafka_consumer_options", {}),
             **json.loads(os.environ.get(OPTIONS_ENVIRONMENT) or "{}"),
@@ -150,6 +170,9 @@ class KafkaSource(Source):
                 log.warning("Kafka fetch failed; retrying", mapping=self.mapping.uuid, error=str(error))
                 await asyncio.sleep(RETRY_BACKOFF_SECONDS)
                 continue
+            except UnicodeDecodeError:
+                await self._skip_unreadable()
+                continue
             self._take_in(fetched)
             if time.monotonic() >= self._lag_due:
                 self._lag_due = time.monotonic() + LAG_REFRESH_SECONDS
@@ -169,6 +192,30 @@ class KafkaSource(Source):
         self._sync_pauses()
         if fetched:
             self._wake.set()
+
+    async def _skip_unreadable(self) -> None:
+        """Find and step over the record aiokafka cannot decode (a header name that is not UTF-8).
+
+        aiokafka raises without naming the record, and would raise on it forever: each partition is
+        read one record at a time (the good ones are taken in as usual) until one raises; the
+        consumer's position is then that record's offset, and reading resumes just past it. The
+        record is not delivered (its bytes never reach us): it is reported through `unreadable`,
+        so the poller counts it and the mapping's LastProcessingResult says so."""
+        paused = self.consumer.paused()
+        for partition in self.consumer.assignment() - paused:
+            while True:
+                try:
+                    fetched = await self.consumer.getmany(partition, timeout_ms=FETCH_WAIT_MS, max_records=1)
+                except UnicodeDecodeError as error:
+                    offset = await self.consumer.position(partition)
+                    name = shape.item_id(partition.topic, partition.partition, offset)
+                    log.error("Kafka record cannot be decoded; skipping it", record=name, error=str(error))
+                    self.unreadable.append(f"{name}: {error}")
+                    self.consumer.seek(partition, offset + 1)
+                    return
+                if not fetched:
+                    break
+                self._take_in(fetched)
 
     def _sync_pauses(self) -> None:
         """Pause exactly the partitions with a batch out or a full buffer; resume the others."""
@@ -193,6 +240,7 @@ class KafkaSource(Source):
         self._lanes.settle(batch)
         self._sync_pauses()
         self._wake.set()
+        self._lane_freed.set()
 
     async def _commit(self, name: str, offset: int, first_offset: int) -> None:
         partition = self._partitions[name]
@@ -219,14 +267,31 @@ class KafkaSource(Source):
                 return
 
     # -- rebalances ---------------------------------------------------------------------------------
-    def partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        for partition in revoked:
-            name = shape.lane_name(partition.topic, partition.partition)
+    async def partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        """Stop taking from the partitions, let their batches in flight finish and commit (bounded
+        by `drain_seconds`), then let them go; the group waits for this before reassigning them."""
+        names = [shape.lane_name(partition.topic, partition.partition) for partition in revoked]
+        for name in names:
+            self._lanes.drain(name)
+        self._sync_pauses()
+        await self._drain(names)
+        for name in names:
             if self._lanes.in_flight(name):
-                log.info("partition revoked with a batch out; the next owner reads it again", partition=name)
+                log.warning("partition let go with a batch still out; the next owner reads it again", partition=name)
             self._lanes.revoke(name)
             self._committed.pop(name, None)
             self._forget_lag(name)
+
+    async def _drain(self, names: list[str]) -> None:
+        deadline = time.monotonic() + self.drain_seconds
+        while True:
+            self._lane_freed.clear()  # before looking, so a settle in between is not missed
+            busy = [name for name in names if self._lanes.in_flight(name)]
+            if not busy or time.monotonic() >= deadline:
+                return
+            log.info("partitions revoked; waiting for their batches in flight", partitions=busy)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lane_freed.wait(), deadline - time.monotonic())
 
     async def partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         metrics.KAFKA_REBALANCES.labels(self.mapping.uuid).inc()
@@ -299,6 +364,11 @@ class KafkaSource(Source):
     def owns(self, batch: Batch) -> bool:
         return self._lanes.owns(batch)
 
+    @property
+    def draining(self) -> list[str]:
+        """Partitions revoked by the group whose batches in flight are being waited for."""
+        return self._lanes.draining()
+
     def item_id_of(self, identifier: Any) -> str | None:
         return shape.item_id_of(identifier)
 
@@ -310,7 +380,7 @@ class _RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]  # ai
         self._source = source
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        self._source.partitions_revoked(revoked)
+        await self._source.partitions_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         await self._source.partitions_assigned(assigned)

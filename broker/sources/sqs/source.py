@@ -13,6 +13,13 @@ backlog never reappears and runs twice. Settling deletes the done messages; fail
 when Lambda's would, VisibilityTimeout after their receive (shortened back if we held them longer,
 floor 0), and the queue's RedrivePolicy moves them to its dead-letter queue after maxReceiveCount
 receives. Lambda itself sets no visibility; it never queues a batch behind others.
+
+The hold has a cap: SQS refuses to keep a message invisible longer than 12 hours after its
+receive, so a message is held at most `MAXIMUM_HOLD_SECONDS` (12 hours less a margin) and its
+batch's `hold_deadline` is that moment: the poller then gives up waiting for the invocation and
+`release`s the batch. A batch whose invocation will never answer (its job vanished) is released
+at once too: every message becomes visible again immediately (ChangeMessageVisibility 0), the
+next receive counts toward maxReceiveCount, and the RedrivePolicy applies as usual.
 """
 
 from __future__ import annotations
@@ -47,6 +54,8 @@ EXTEND_MARGIN_SECONDS = 1.5  # the poller calls keep_alive every 0.5 s
 # still running reappear. Failed messages are shortened back to VisibilityTimeout after their
 # receive; the one price is that after a poller crash its messages return within this time.
 MINIMUM_HOLD_SECONDS = 5
+SQS_VISIBILITY_LIMIT_SECONDS = 12 * 3600  # SQS: at most 12 hours invisible after a receive
+MAXIMUM_HOLD_SECONDS = SQS_VISIBILITY_LIMIT_SECONDS - 60  # the last extension must still be accepted
 ENVELOPE_BYTES = len(json.dumps({"Records": []}))
 SEPARATOR_BYTES = len(", ")
 log = get_logger(__name__)
@@ -232,14 +241,38 @@ class SqsSource(Source):
 
     # -- visibility and acknowledgement ------------------------------------------------------------
     async def keep_alive(self, batches: list[Batch]) -> None:
-        """Extend every held message (in flight or waiting) whose visibility lapses soon."""
+        """Extend every held message (in flight or waiting) whose visibility lapses soon, never
+        past MAXIMUM_HOLD_SECONDS after its receive."""
         now = time.monotonic()
         margin = max(EXTEND_MARGIN_SECONDS, self._hold_seconds / 2)
-        due = [held for held in self._held.values() if held.visible_at - now < margin]
-        extended = await self._queue.change_visibility([(held.receipt_handle, self._hold_seconds) for held in due])
-        for held in due:
-            if held.receipt_handle in extended:
-                held.visible_at = now + self._hold_seconds
+        due = {
+            held.receipt_handle: (held, seconds)
+            for held in self._held.values()
+            if held.visible_at - now < margin
+            and (seconds := min(self._hold_seconds, math.floor(held.received_at + MAXIMUM_HOLD_SECONDS - now))) > 0
+        }
+        extended = await self._queue.change_visibility([(handle, seconds) for handle, (_, seconds) in due.items()])
+        for handle, (held, seconds) in due.items():
+            if handle in extended:
+                held.visible_at = now + seconds
+
+    def hold_deadline(self, batch: Batch) -> float | None:
+        """MAXIMUM_HOLD_SECONDS after the receive of the batch's oldest message."""
+        received = [held.received_at for record in batch.records if (held := self._held.get(record.item_id))]
+        return min(received) + MAXIMUM_HOLD_SECONDS if received else None
+
+    async def release(self, batch: Batch) -> None:
+        """Make the batch's messages (and, in a FIFO group, the later ones already received)
+        visible at once: its invocation will never answer, so they are not held any longer."""
+        returning = list(batch.records)
+        if batch.lane is not None:
+            self._busy_lanes.discard(batch.lane)
+            later = [record for record in self._waiting if record.lane == batch.lane]
+            for record in later:
+                self._waiting.remove(record)
+            returning += later
+        held = [self._held.pop(record.item_id, None) for record in returning]
+        await self._queue.change_visibility([(item.receipt_handle, 0) for item in held if item is not None])
 
     async def settle(self, batch: Batch, failed: frozenset[str]) -> None:
         """Delete the done records; let the failed ones (and, in a FIFO group that failed, every
