@@ -1,4 +1,5 @@
-"""Real services for the test suite: Redis, moto (AWS) and Kafka on loopback.
+"""Real services for the test suite: Redis, moto (AWS) and Kafka on loopback, plus the
+fault-injection rigs: Redis Sentinel (a primary, a replica, three Sentinels) and Toxiproxy.
 
 Each rig starts a real server as a child process on a free 127.0.0.1 port
 with its own temp dir, waits until it actually serves requests, and cleans
@@ -19,16 +20,27 @@ from .common import (
 from .kafka import KafkaBroker, kafka_libs_dir
 from .moto import MotoServer, aws_env
 from .redis import RedisServer
+from .sentinel import SentinelGroup, SentinelServer
+from .toxiproxy import Latency, Proxy, ResetPeer, Timeout, ToxiproxyClient, ToxiproxyError, ToxiproxyServer
 
 __all__ = [
     "INSTALL_COMMAND",
     "KafkaBroker",
+    "Latency",
     "MotoServer",
     "PortInUseError",
+    "Proxy",
     "RedisServer",
+    "ResetPeer",
     "RigError",
+    "SentinelGroup",
+    "SentinelServer",
     "ServiceStartError",
     "ServiceUnavailableError",
+    "Timeout",
+    "ToxiproxyClient",
+    "ToxiproxyError",
+    "ToxiproxyServer",
     "aws_env",
     "cache_dir",
     "free_port",

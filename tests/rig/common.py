@@ -223,6 +223,11 @@ class ManagedProcess:
     def describe_log(self) -> str:
         return describe_log(self.log_path)
 
+    def send_signal(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to the process group (fault injection: SIGSTOP/SIGCONT); no-op once it exited."""
+        if self._popen is not None:
+            self._signal(sig)
+
     def _signal(self, sig: signal.Signals) -> None:
         assert self._popen is not None
         if self._popen.poll() is not None:
