@@ -32,7 +32,10 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from redis import Redis
 from redis import asyncio as redis_async
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from broker.errors import ConfigError
@@ -62,12 +65,14 @@ class SentinelTarget:
         """Connection options for the primary (and replicas) the Sentinels point at."""
         return {"db": self.db, "username": self.username, "password": self.password}
 
-    def sentinel_options(self, options: dict[str, Any]) -> dict[str, Any]:
+    def sentinel_options(self, options: dict[str, Any], *, asynchronous: bool = False) -> dict[str, Any]:
         """Connection options for the Sentinels: their own credentials, the caller's socket timeouts."""
         timeouts = {key: value for key, value in options.items() if key.startswith("socket_")}
         timeouts.setdefault("socket_timeout", SENTINEL_SOCKET_TIMEOUT_SECONDS)
         timeouts.setdefault("socket_connect_timeout", SENTINEL_SOCKET_TIMEOUT_SECONDS)
-        return {"username": self.sentinel_username, "password": self.sentinel_password, **timeouts}
+        # No retries per Sentinel: discovery asks the next one at once, and the caller retries the command.
+        once = AsyncRetry(NoBackoff(), 0) if asynchronous else Retry(NoBackoff(), 0)
+        return {"username": self.sentinel_username, "password": self.sentinel_password, "retry": once, **timeouts}
 
 
 def is_sentinel_url(url: str) -> bool:
@@ -149,7 +154,9 @@ def connect_async(url: str, **options: Any) -> redis_async.Redis:
     if not is_sentinel_url(url):
         return redis_async.from_url(url, **options)
     target = parse_sentinel_url(url)
-    sentinel = AsyncSentinel(list(target.sentinels), sentinel_kwargs=target.sentinel_options(options))  # type: ignore[no-untyped-call]
+    sentinel = AsyncSentinel(
+        list(target.sentinels), sentinel_kwargs=target.sentinel_options(options, asynchronous=True)
+    )  # type: ignore[no-untyped-call]
     client: AsyncSentinelBackedRedis = sentinel.master_for(
         target.service_name, redis_class=AsyncSentinelBackedRedis, **target.data_node_options(), **options
     )

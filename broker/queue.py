@@ -40,6 +40,7 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from broker import keys, queue_scripts
+from broker.connection import wait_for_replicas
 from broker.errors import StoreUnavailable
 from broker.model import Invocation, Result
 
@@ -139,22 +140,24 @@ class InvocationQueue:
 
         In durable mode this returns only once `durable_replicas` replicas hold the job."""
         job_id, arguments = self._job_arguments(invocation, delay_seconds)
-        self._run("ENQUEUE", [], arguments)
-        if self.durable_replicas:
-            self._await_replicas(job_id)
-        return job_id
-
-    def _await_replicas(self, job_id: str) -> None:
-        """Durable mode: WAIT until enough replicas hold every write so far, or refuse the call.
-
-        A refused call may still have stored the job (at-least-once: the caller's retry can run it
-        twice), but an acknowledged one survives the loss of the primary."""
-        acknowledged = int(self.redis.wait(self.durable_replicas, self.durable_wait_timeout_ms))
+        if not self.durable_replicas:
+            self._run("ENQUEUE", [], arguments)
+            return job_id
+        # WAIT counts only the writes of the connection that sends it: write and wait on one.
+        pinned = self.redis.client()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        try:
+            self._scripts["ENQUEUE"](keys=[], args=arguments, client=pinned)
+            acknowledged = wait_for_replicas(pinned, self.durable_replicas, self.durable_wait_timeout_ms)
+        finally:
+            pinned.close()
         if acknowledged < self.durable_replicas:
+            # The job may still be stored (the caller's retry can then run it twice: at-least-once),
+            # but only an acknowledged invocation is sure to survive the loss of the primary.
             raise StoreUnavailable(
                 f"invocation {job_id} reached {acknowledged} of {self.durable_replicas} required replica(s) "
                 f"within {self.durable_wait_timeout_ms} ms (Headwater.DurableReplicas); retry the call"
             )
+        return job_id
 
     def job_pending(self, job_id: str) -> bool:
         """Whether the job still exists and is not quarantined (its outcome may still come)."""
