@@ -1,0 +1,1 @@
+"""Fault-injection suite: real processes, real faults, lost/duplicated counts per scenario."""
