@@ -55,6 +55,11 @@ CONTRACT_METRICS = {
     "headwater_kafka_rebalances_total",
     "headwater_poller_last_poll_timestamp_seconds",
     "headwater_build_info",
+    "headwater_jobs_quarantined_total",
+    "headwater_quarantined_jobs",
+    "headwater_fenced_operations_total",
+    "headwater_worker_leases_lost_total",
+    "headwater_store_errors_total",
 }
 HISTOGRAMS = {
     "headwater_invocation_duration_seconds",
