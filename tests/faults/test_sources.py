@@ -5,7 +5,9 @@ by the function's timeout, and the batch must then run once a worker starts: nev
 held forever, never a lost message.
 
 SQS on moto: handing back makes the message visible again, so the poller receives it a second
-time (ApproximateReceiveCount 2) and enqueues a new job.
+time (ApproximateReceiveCount 2) and enqueues a new job. Kafka on the real broker: the partition
+waits, the batch is invoked again in order (a new job), and its offsets are committed only after it
+ran; the records behind it follow in order.
 """
 
 from __future__ import annotations
@@ -16,8 +18,12 @@ from collections.abc import Callable
 from typing import Any
 
 import aioboto3
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests.faults.conftest import FaultStack, report
+from tests.rig import KafkaBroker
 from tests.waiting import eventually
 
 FUNCTION_TIMEOUT_SECONDS = 3
@@ -91,3 +97,80 @@ async def test_an_sqs_batch_whose_job_vanished_goes_back_to_the_queue_and_runs(
 
 async def _deleted(sqs: Any, url: str) -> bool:
     return await _unacknowledged(sqs, url) == 0
+
+
+@pytest.mark.kafka
+async def test_a_kafka_batch_whose_job_vanished_is_invoked_again_in_order(
+    fault_stack: Callable[..., FaultStack], kafka_broker: KafkaBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topic, group = f"vanishing-{time.monotonic_ns()}", f"vanishing-group-{time.monotonic_ns()}"
+    await _create_topic(kafka_broker, topic)
+    monkeypatch.setenv("HEADWATER_KAFKA_BOOTSTRAP_SERVERS", kafka_broker.bootstrap_servers)
+    monkeypatch.setenv("HEADWATER_KAFKA_CONSUMER_OPTIONS", json.dumps({"session_timeout_ms": 6000}))
+    endpoints = {"Endpoints": {"KAFKA_BOOTSTRAP_SERVERS": [kafka_broker.bootstrap_servers]}}
+    stack = fault_stack(
+        [{"FunctionName": "slow", "Timeout": FUNCTION_TIMEOUT_SECONDS}],
+        [
+            {
+                "FunctionName": "slow",
+                "SelfManagedEventSource": endpoints,
+                "SelfManagedKafkaEventSourceConfig": {"ConsumerGroupId": group},
+                "Topics": [topic],
+                "StartingPosition": "TRIM_HORIZON",
+                "BatchSize": 1,
+            }
+        ],
+    )
+    ids = [f"k{n}" for n in range(3)]
+    await _produce(kafka_broker, topic, ids)
+    poller = stack.spawn_poller()  # no worker yet: the first batch waits in the function's queue
+    [job_id] = await eventually(
+        lambda: stack.queued_job_ids("slow"), 45, lambda: f"the poller never enqueued\n{stack.logs()}"
+    )
+    stack.delete_job("slow", job_id)
+    vanished_at = time.monotonic()
+
+    await eventually(
+        lambda: [other for other in stack.queued_job_ids("slow") if other != job_id],
+        HAND_BACK_BOUND_SECONDS,
+        lambda: f"the batch was never invoked again after its job vanished\n{stack.logs()}",
+    )
+    retried_seconds = time.monotonic() - vanished_at
+    pool = await stack.start_pool(processes=1, prefetch=1)
+    tally = await stack.settled(ids, within=45)
+
+    order = [identifier for line in stack.runs.lines() if line["phase"] == "start" for identifier in line["ids"]]
+    line = report(
+        tally.describe(
+            "kafka batch whose job vanished",
+            retried_after_seconds=f"{retried_seconds:.1f}",
+            bound_seconds=HAND_BACK_BOUND_SECONDS,
+            order=order,
+        )
+    )
+    message = f"{line}\n{stack.logs()}"
+    assert not tally.lost, message
+    assert tally.duplicated == 0, message
+    assert order == ids, message  # the partition waited for the lost batch: nothing overtook it
+    assert poller.running, message
+    assert pool.running, message
+    assert stack.pool_deaths() == 0, message
+
+
+async def _create_topic(broker: KafkaBroker, topic: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    finally:
+        await admin.close()
+
+
+async def _produce(broker: KafkaBroker, topic: str, ids: list[str]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers)
+    await producer.start()
+    try:
+        for identifier in ids:
+            await producer.send_and_wait(topic, json.dumps({"id": identifier, "seconds": 0.2}).encode(), partition=0)
+    finally:
+        await producer.stop()

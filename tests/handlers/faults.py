@@ -12,6 +12,7 @@ O_APPEND descriptor.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
@@ -21,7 +22,7 @@ from typing import Any
 def run(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Records its start, sleeps `seconds` (from the event, or from the first SQS body), records its end."""
     ids, seconds = _ids_and_seconds(event)
-    counts = [record["attributes"]["ApproximateReceiveCount"] for record in event.get("Records", [])]
+    counts = [record["attributes"]["ApproximateReceiveCount"] for record in event.get("Records", [])]  # SQS only
     _record("start", ids, counts, context)
     time.sleep(seconds)
     _record("end", ids, counts, context)
@@ -29,6 +30,11 @@ def run(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 
 def _ids_and_seconds(event: dict[str, Any]) -> tuple[list[str], float]:
+    if event.get("eventSource") in ("SelfManagedKafka", "aws:kafka"):  # a Kafka batch: base64 JSON values
+        values = [
+            json.loads(base64.b64decode(record["value"])) for records in event["records"].values() for record in records
+        ]
+        return [str(value["id"]) for value in values], max(float(value.get("seconds", 0)) for value in values)
     if "Records" in event:
         bodies = [json.loads(record["body"]) for record in event["Records"]]
         return [str(body["id"]) for body in bodies], max(float(body.get("seconds", 0)) for body in bodies)
