@@ -50,6 +50,7 @@ class Result:
     error_type: str | None = None
     duration_seconds: float = 0.0
     executed_version: str = "$LATEST"
+    log_tail: str | None = None  # the run's last 4 KB of log (START...REPORT), only when the caller asked (Tail)
 
     @property
     def function_error(self) -> str | None:
@@ -100,6 +101,7 @@ class Invocation:
     throttle_count: int = 0  # consecutive throttles, for the backoff; never spends retries
     reply_to: str | None = None  # where a waiting caller listens for the Result
     client_context: str | None = None
+    tail_log: bool = False  # X-Amz-Log-Type: Tail: the caller wants the run's log back in its Result
     last_result: Result | None = None
     outcome: Outcome | None = None
     delivered: tuple[str, ...] = ()  # destinations already written, so a retry never writes twice

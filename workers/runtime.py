@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import multiprocessing
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
@@ -36,6 +38,7 @@ from broker.model import Invocation, Result, Status
 from workers import sandbox
 
 POLL_SLICE_SECONDS = 0.25
+LOG_TAIL_BYTES = 4096  # X-Amz-Log-Type: Tail: the last 4 KB of the run's log
 INIT_TIMEOUT_SECONDS = 10.0  # Lambda's separate limit for the INIT phase (on-demand functions)
 FROM_THE_WORKER = ("PATH", "LANG", "LD_LIBRARY_PATH", "PYTHONPATH")  # what the OS and Python need, no secrets
 log = get_logger(__name__)
@@ -65,15 +68,27 @@ class Environment:
         self._connection: Connection | None = None
 
     def invoke(self, invocation: Invocation, should_abort: Callable[[], bool]) -> Result:
+        """Run once; with `tail_log` the Result carries the run's log as Lambda's Tail returns it."""
+        started = time.perf_counter()
+        result, handler_log, memory_used_mb = self._invoke(invocation, should_abort)
+        if not invocation.tail_log:
+            return result
+        elapsed = result.duration_seconds or time.perf_counter() - started
+        report = LogReport(invocation.request_id, elapsed, self.function.memory_size, memory_used_mb)
+        return dataclasses.replace(result, log_tail=report.tail(handler_log or _error_line(result)))
+
+    def _invoke(self, invocation: Invocation, should_abort: Callable[[], bool]) -> tuple[Result, str, int]:
+        """The Result, the handler's log lines (Tail only) and the sandbox's peak memory in MB."""
         connection = self._warm_connection() or self._start()
         if isinstance(connection, Result):  # INIT failed or ran out of time: that is this invocation's result
-            return dataclasses.replace(connection, request_id=invocation.request_id)
+            return dataclasses.replace(connection, request_id=invocation.request_id), "", 0
         deadline = time.time() + self.function.timeout
         request = {
             "request_id": invocation.request_id,
             "payload": invocation.payload,
             "deadline_ms": int(deadline * 1000),
             "client_context": invocation.client_context,
+            "tail_log": invocation.tail_log,
         }
         connection.send_bytes(json.dumps(request).encode())
         while not connection.poll(min(POLL_SLICE_SECONDS, max(0.0, deadline - time.time()))):
@@ -81,18 +96,19 @@ class Environment:
                 self.discard()
                 raise AbortedError(invocation.request_id)
             if time.time() >= deadline:
-                return self._timed_out(invocation)
+                return self._timed_out(invocation), "", 0
         try:
             answer = json.loads(connection.recv_bytes())
         except (EOFError, OSError):
-            return self._exited(invocation)
-        return Result(
+            return self._exited(invocation), "", 0
+        result = Result(
             request_id=invocation.request_id,
             status=Status(answer["status"]),
             payload=answer["payload"],
             error_type=answer["error_type"],
             duration_seconds=answer.get("duration_seconds", 0.0),
         )
+        return result, str(answer.get("log", "")), int(answer.get("max_memory_used_mb", 0))
 
     def discard(self) -> None:
         """Kill the sandbox and every process it started; the next invocation starts (and counts) a cold start."""
@@ -194,6 +210,32 @@ class Environment:
         log.error(reason)
         body = {"errorType": "Runtime.ExitError", "errorMessage": f"RequestId: {invocation.request_id} Error: {reason}"}
         return Result(invocation.request_id, Status.FUNCTION_ERROR, json.dumps(body), "Runtime.ExitError")
+
+
+@dataclass(frozen=True)
+class LogReport:
+    """Lambda's START / END / REPORT lines around a run's own log, cut to Tail's last 4 KB."""
+
+    request_id: str
+    duration_seconds: float
+    memory_size_mb: int
+    max_memory_used_mb: int
+
+    def tail(self, handler_log: str) -> str:
+        rid, milliseconds = self.request_id, self.duration_seconds * 1000
+        text = (
+            f"START RequestId: {rid} Version: $LATEST\n{handler_log}END RequestId: {rid}\n"
+            f"REPORT RequestId: {rid}\tDuration: {milliseconds:.2f} ms\tBilled Duration: {math.ceil(milliseconds)} ms"
+            f"\tMemory Size: {self.memory_size_mb} MB\tMax Memory Used: {self.max_memory_used_mb} MB\t\n"
+        )
+        return text.encode("utf-8", "surrogatepass")[-LOG_TAIL_BYTES:].decode("utf-8", "ignore")
+
+
+def _error_line(result: Result) -> str:
+    """What the runtime itself logs for a run cut short (timeout, crash, failed INIT)."""
+    if result.status is Status.SUCCESS:
+        return ""
+    return f"{result.request_id} {result.error_message}\n" if result.error_message else ""
 
 
 class Runtime:

@@ -16,6 +16,7 @@ adopts orphaned descendants (a subreaper), so whatever the handler starts dies w
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import importlib
@@ -23,12 +24,14 @@ import io
 import json
 import logging
 import os
+import resource
 import select
 import signal
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from typing import Any
@@ -37,6 +40,7 @@ from workers.context import ClientContext, LambdaContext, parse_client_context
 
 RESPONSE_LIMIT_BYTES = 6_291_456  # Lambda's limit on a response, in bytes of its JSON text
 LOG_EVENT_LIMIT_BYTES = 262_144  # CloudWatch Logs keeps at most 256 KB of one log event
+LOG_TAIL_BYTES = 4096  # X-Amz-Log-Type: Tail returns the last 4 KB of an invocation's log
 _PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 _current = {"request_id": "", "function": ""}
 
@@ -59,7 +63,9 @@ def serve(connection: Connection, spec_json: str) -> None:
             request = json.loads(connection.recv_bytes())
         except (EOFError, OSError):
             return
-        connection.send_bytes(json.dumps(_within_response_limit(_invoke(handler, spec, request))).encode())
+        _tail.start(wanted=bool(request.get("tail_log")))
+        outcome = _within_response_limit(_invoke(handler, spec, request))
+        connection.send_bytes(json.dumps({**outcome, **_tail.finish()}).encode())
 
 
 def _replace_environment(variables: dict[str, str]) -> None:
@@ -239,6 +245,46 @@ def _emit(level: str, message: str, **fields: Any) -> None:
         **fields,
     }
     os.write(2, (json.dumps(line) + "\n").encode())
+    if _tail.wanted:
+        _tail.keep(line, logged="logger_name" in fields, stack=fields.get("stackTrace") or ())
+
+
+class _TailBuffer:
+    """X-Amz-Log-Type: Tail: the current invocation's lines in the text form Lambda's Python runtime
+    writes (print output as is, `logging` records tab-separated with level, time and request id,
+    errors with their traceback). Only about the last 4 KB are kept, so a chatty handler costs nothing."""
+
+    def __init__(self) -> None:
+        self.wanted = False
+        self._lines: collections.deque[str] = collections.deque()
+        self._size = 0
+
+    def start(self, wanted: bool) -> None:
+        self.wanted = wanted
+        self._lines.clear()
+        self._size = 0
+
+    def keep(self, line: dict[str, Any], logged: bool, stack: Sequence[str]) -> None:
+        text = str(line["event"])
+        if logged:
+            text = f"[{str(line['level']).upper()}]\t{line['timestamp']}\t{line['request_id']}\t{text}"
+        if stack:
+            text += "\nTraceback (most recent call last):\n" + "".join(stack).rstrip("\n")
+        self._lines.append(text + "\n")
+        self._size += len(self._lines[-1])
+        while len(self._lines) > 1 and self._size > LOG_TAIL_BYTES:
+            self._size -= len(self._lines.popleft())
+
+    def finish(self) -> dict[str, Any]:
+        """The kept lines and the sandbox's peak memory (for REPORT); nothing when Tail was not asked."""
+        if not self.wanted:
+            return {}
+        kept = "".join(self._lines)
+        self.start(wanted=False)
+        return {"log": kept, "max_memory_used_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
+
+
+_tail = _TailBuffer()
 
 
 class _LineWriter(io.TextIOBase):

@@ -1,0 +1,140 @@
+"""Invoke: `POST /2015-03-31/functions/{FunctionName}/invocations`, answered as Lambda answers it.
+
+`RequestResponse` is 200 with the function's result (also when it failed: `X-Amz-Function-Error:
+Unhandled`), `Event` 202 once the event is stored, `DryRun` 204 after every check; as on Lambda,
+`x-amzn-RequestId` is the invocation's request id (`context.aws_request_id`). A request is
+refused (4xx) before anything is stored; once a synchronous invocation is stored, the answer is never
+a 5xx, because SDKs retry those and the function would run again: a result that cannot be had (the
+wait ran out, Redis went away) is a 200 function error saying the invocation may still run.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import anyio
+from redis.exceptions import RedisError
+from starlette.responses import Response
+
+from broker import keys, metrics, payload
+from broker.api import errors, names
+from broker.api.operation import Call, Operation
+from broker.client import QUEUE_WAIT_ALLOWANCE_SECONDS, Client
+from broker.config import Function
+from broker.errors import TooManyRequests
+from broker.logs import get_logger
+from broker.model import Invocation, InvocationType, Result, Status
+
+INVOCATION_TYPES = tuple(kind.value for kind in InvocationType)
+LOG_TYPES = ("None", "Tail")
+REPLY_SLICE_SECONDS = 2.0  # one BLPOP at a time: a socket read never waits on Redis for long
+log = get_logger(__name__)
+
+
+class ApiClient(Client):
+    """The Python client, plus the one step the API needs on its own: storing a synchronous
+    invocation without waiting for it, so the wait happens on the event loop."""
+
+    def submit(self, function: Function, text: str, client_context: str | None, tail_log: bool) -> Invocation:
+        name = function.function_name
+        if function.reserved_concurrent_executions == 0:
+            metrics.THROTTLES.labels(name, "function_limit").inc()
+            raise TooManyRequests("Rate Exceeded.", "ReservedFunctionConcurrentInvocationLimitExceeded")
+        invocation = Invocation(
+            name,
+            text,
+            InvocationType.REQUEST_RESPONSE,
+            trigger="sync",
+            client_context=client_context,
+            tail_log=tail_log,
+        )
+        invocation = invocation.replace(reply_to=keys.reply(invocation.request_id))
+        self._enqueue(invocation)
+        return invocation
+
+
+async def invoke(call: Call) -> Response:
+    ref = names.parse(call.path_params["FunctionName"], call.query("Qualifier"))
+    kind = InvocationType(_enum(call, "x-amz-invocation-type", "invocationType", INVOCATION_TYPES, "RequestResponse"))
+    tail = _enum(call, "x-amz-log-type", "logType", LOG_TYPES, "None") == "Tail"
+    function = names.resolve(call.state.config, ref, unqualified_suffix=names.LATEST)
+    text = payload.check(payload.to_text(call.body) if call.body else "{}", kind)
+    client_context = payload.check_client_context(call.header("x-amz-client-context"))
+    if kind is InvocationType.DRY_RUN:
+        return Response(status_code=204)
+    client = call.state.client
+    if kind is InvocationType.EVENT:
+        accepted = await anyio.to_thread.run_sync(
+            client.invoke, function.function_name, text, kind, limiter=call.state.invoke_threads
+        )
+        return Response(status_code=202, headers={"x-amzn-RequestId": accepted.request_id})
+    assert isinstance(client, ApiClient)
+    invocation = await anyio.to_thread.run_sync(
+        client.submit, function, text, client_context, tail, limiter=call.state.invoke_threads
+    )
+    return await _answer(call, function, invocation)
+
+
+async def _answer(call: Call, function: Function, invocation: Invocation) -> Response:
+    """The stored invocation's result as Lambda's 200 (or 429 when it was throttled unrun).
+    Nothing raised here may become a 5xx: the function may have run."""
+    wait_seconds = function.timeout + QUEUE_WAIT_ALLOWANCE_SECONDS
+    try:
+        result = await _wait_for_result(call, invocation, wait_seconds)
+    except RedisError as error:
+        log.warning("result not received: Redis failed", request_id=invocation.request_id, error=str(error))
+        result = _unavailable(invocation, f"Headwater's Redis failed while waiting ({type(error).__name__})")
+    if result is None:
+        result = _unavailable(invocation, f"no result within {wait_seconds:.0f} s")
+    if result.status is Status.THROTTLED:
+        raise TooManyRequests("Rate Exceeded.", _reason(result))
+    headers = {"x-amzn-RequestId": invocation.request_id, "X-Amz-Executed-Version": result.executed_version}
+    if result.function_error:
+        headers["X-Amz-Function-Error"] = result.function_error
+    if invocation.tail_log and result.log_tail is not None:
+        headers["X-Amz-Log-Result"] = base64.b64encode(result.log_tail.encode("utf-8", "surrogatepass")).decode()
+    return Response(result.payload, 200, headers, media_type="application/json")
+
+
+async def _wait_for_result(call: Call, invocation: Invocation, wait_seconds: float) -> Result | None:
+    assert invocation.reply_to is not None
+    deadline = time.monotonic() + wait_seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        popped = await call.state.redis.blpop([invocation.reply_to], timeout=min(remaining, REPLY_SLICE_SECONDS))
+        if popped is not None:
+            return Result.from_wire(popped[1])
+    return None
+
+
+def _unavailable(invocation: Invocation, why: str) -> Result:
+    """A function error in Lambda's shape for a result we could not get: never a 5xx (see above)."""
+    body = {
+        "errorType": "Headwater.ResultUnavailable",
+        "errorMessage": f"RequestId: {invocation.request_id} Error: {why}; the invocation is stored and may "
+        "still run (handlers must be idempotent)",
+    }
+    return Result(invocation.request_id, Status.FUNCTION_ERROR, json.dumps(body), "Headwater.ResultUnavailable")
+
+
+def _reason(result: Result) -> str:
+    try:
+        return str(json.loads(result.payload)["Reason"])
+    except (ValueError, KeyError, TypeError):
+        return "ReservedFunctionConcurrentInvocationLimitExceeded"
+
+
+def _enum(call: Call, header: str, member: str, allowed: tuple[str, ...], default: str) -> str:
+    value = call.header(header)
+    if value is None:
+        return default
+    if value not in allowed:
+        raise errors.validation(
+            f"Value '{value[:64]}' at '{member}' failed to satisfy constraint: Member must satisfy enum value set: "
+            f"[{', '.join(allowed)}]"
+        )
+    return value
+
+
+OPERATIONS = (Operation("Invoke", "POST", "/2015-03-31/functions/{FunctionName}/invocations", invoke),)
