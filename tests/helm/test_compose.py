@@ -43,6 +43,7 @@ def test_services_and_volumes() -> None:
         "moto-init",
         "worker",
         "poller",
+        "api",
         "prometheus",
         "grafana",
     }
@@ -103,7 +104,7 @@ def test_prometheus_scrapes_headwater_and_loads_the_rules() -> None:
     assert rules == [ROOT / "deploy" / "helm" / "headwater" / "rules" / "alerts.yaml"]
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "headwater"]  # alerts use job="headwater"
     targets = {t for group in job["static_configs"] for t in group["targets"]}
-    assert targets == {"worker:9100", "poller:9100"}
+    assert targets == {"worker:9100", "poller:9100", "api:9100"}
 
 
 def test_grafana_is_provisioned_with_the_chart_dashboards() -> None:

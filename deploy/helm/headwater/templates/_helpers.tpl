@@ -101,37 +101,6 @@ Checksum of the rendered config, put on the pod template so pods roll when it ch
 {{- end }}
 
 {{/*
-Redis connection for the Headwater processes: HEADWATER_REDIS_URL (and the
-password it is built from, when the embedded Redis requires one).
-*/}}
-{{- define "headwater.redisEnv" -}}
-{{- if .Values.redis.enabled }}
-{{- $host := printf "%s.%s.svc" (include "headwater.redisFullname" .) .Release.Namespace }}
-{{- if .Values.redis.auth.enabled }}
-- name: HEADWATER_REDIS_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ .Values.redis.auth.existingSecret }}
-      key: {{ .Values.redis.auth.existingSecretPasswordKey }}
-- name: HEADWATER_REDIS_URL
-  value: {{ printf "redis://:$(HEADWATER_REDIS_PASSWORD)@%s:%d/0" $host (int .Values.redis.service.port) | quote }}
-{{- else }}
-- name: HEADWATER_REDIS_URL
-  value: {{ printf "redis://%s:%d/0" $host (int .Values.redis.service.port) | quote }}
-{{- end }}
-{{- else if .Values.redis.existingSecret }}
-- name: HEADWATER_REDIS_URL
-  valueFrom:
-    secretKeyRef:
-      name: {{ .Values.redis.existingSecret }}
-      key: {{ .Values.redis.existingSecretUrlKey }}
-{{- else }}
-- name: HEADWATER_REDIS_URL
-  value: {{ .Values.redis.url | quote }}
-{{- end }}
-{{- end }}
-
-{{/*
 Environment shared by workers and pollers.
 */}}
 {{- define "headwater.commonEnv" -}}
@@ -177,20 +146,37 @@ Checks that JSON schema cannot express; rendered (empty) by the config map so
 that every install and upgrade runs them.
 */}}
 {{- define "headwater.validate" -}}
-{{- if and (not .Values.redis.enabled) (not .Values.redis.url) (not .Values.redis.existingSecret) }}
-{{- fail "redis.enabled is false: set redis.url or redis.existingSecret to point Headwater at an external Redis" }}
+{{- include "headwater.validateRedis" . }}
+{{- include "headwater.validatePools" . }}
+{{- if .Values.pollers.enabled }}
+{{- include "headwater.validateGrace" (dict "name" "pollers" "values" .Values.pollers "margin" 0) }}
+{{- include "headwater.validatePdb" (dict "name" "pollers" "values" .Values.pollers) }}
 {{- end }}
-{{- if and .Values.redis.enabled .Values.redis.auth.enabled (not .Values.redis.auth.existingSecret) }}
-{{- fail "redis.auth.enabled needs redis.auth.existingSecret (a Secret holding the Redis password)" }}
 {{- end }}
-{{- range $component := list "workers" "pollers" }}
-{{- $c := index $.Values $component }}
-{{- if and $c.enabled (le (int $c.terminationGracePeriodSeconds) (int $c.graceSeconds)) }}
-{{- fail (printf "%s.terminationGracePeriodSeconds (%d) must be longer than %s.graceSeconds (%d): Kubernetes would kill the pod while it is still draining" $component (int $c.terminationGracePeriodSeconds) $component (int $c.graceSeconds)) }}
+
+{{/*
+The kubelet's grace period must outlast the app's drain plus the margin the process waits
+before killing a child that has not stopped. Call with (dict "name" "workers" "values" $v "margin" 10).
+*/}}
+{{- define "headwater.validateGrace" -}}
+{{- $grace := int .values.graceSeconds }}
+{{- $needed := add $grace (int .margin) }}
+{{- if le (int .values.terminationGracePeriodSeconds) $needed }}
+{{- if gt (int .margin) 0 }}
+{{- fail (printf "%s.terminationGracePeriodSeconds (%d) must be longer than %s.graceSeconds (%d) + %d s the pool waits before killing a worker that has not stopped (%d): Kubernetes would kill the pod while it is still draining" .name (int .values.terminationGracePeriodSeconds) .name $grace (int .margin) $needed) }}
+{{- else }}
+{{- fail (printf "%s.terminationGracePeriodSeconds (%d) must be longer than %s.graceSeconds (%d): Kubernetes would kill the pod while it is still draining" .name (int .values.terminationGracePeriodSeconds) .name $grace) }}
 {{- end }}
-{{- if and $c.enabled $c.podDisruptionBudget.enabled (eq (toString $c.podDisruptionBudget.minAvailable) "<nil>") (eq (toString $c.podDisruptionBudget.maxUnavailable) "<nil>") }}
-{{- fail (printf "%s.podDisruptionBudget: set minAvailable or maxUnavailable" $component) }}
 {{- end }}
+{{- end }}
+
+{{/*
+Call with (dict "name" "workers" "values" $v).
+*/}}
+{{- define "headwater.validatePdb" -}}
+{{- $pdb := .values.podDisruptionBudget }}
+{{- if and $pdb.enabled (eq (toString $pdb.minAvailable) "<nil>") (eq (toString $pdb.maxUnavailable) "<nil>") }}
+{{- fail (printf "%s.podDisruptionBudget: set minAvailable or maxUnavailable" .name) }}
 {{- end }}
 {{- end }}
 

@@ -81,6 +81,11 @@ spec:
           readOnly: true
         - name: tmp
           mountPath: /tmp
+        {{- if include "headwater.redisCaMounted" $ctx }}
+        - name: redis-tls
+          mountPath: {{ include "headwater.redisCaPath" $ctx }}
+          readOnly: true
+        {{- end }}
         {{- with $v.extraVolumeMounts }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -93,6 +98,14 @@ spec:
         {{- with $v.tmpSizeLimit }}
         sizeLimit: {{ . }}
         {{- end }}
+    {{- if include "headwater.redisCaMounted" $ctx }}
+    - name: redis-tls
+      secret:
+        secretName: {{ $ctx.Values.redis.tls.caSecret }}
+        items:
+          - key: {{ $ctx.Values.redis.tls.caKey }}
+            path: {{ $ctx.Values.redis.tls.caKey }}
+    {{- end }}
     {{- with $v.extraVolumes }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -144,7 +157,8 @@ spec:
 {{- end }}
 
 {{/*
-PodDisruptionBudget of a component. Call with (dict "ctx" $ "component" "worker" "values" .Values.workers).
+PodDisruptionBudget of a component. Call with (dict "ctx" $ "component" "worker" "values" .Values.workers),
+plus "name" and "selector" (extra matchLabels) for a worker pool.
 */}}
 {{- define "headwater.pdb" -}}
 {{- $ctx := .ctx -}}
@@ -152,7 +166,7 @@ PodDisruptionBudget of a component. Call with (dict "ctx" $ "component" "worker"
 apiVersion: policy/v1
 kind: PodDisruptionBudget
 metadata:
-  name: {{ printf "%s-%s" (include "headwater.fullname" $ctx) .component }}
+  name: {{ default (printf "%s-%s" (include "headwater.fullname" $ctx) .component) .name }}
   namespace: {{ $ctx.Release.Namespace }}
   labels:
     {{- include "headwater.componentLabels" (dict "ctx" $ctx "component" .component) | nindent 4 }}
@@ -165,4 +179,7 @@ spec:
   selector:
     matchLabels:
       {{- include "headwater.componentSelectorLabels" (dict "ctx" $ctx "component" .component) | nindent 6 }}
+      {{- with .selector }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
 {{- end }}
