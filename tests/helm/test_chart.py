@@ -60,6 +60,9 @@ CONTRACT_METRICS = {
     "headwater_fenced_operations_total",
     "headwater_worker_leases_lost_total",
     "headwater_store_errors_total",
+    "headwater_mapping_info",
+    "headwater_poller_crashes_total",
+    "headwater_worker_restarts_total",
 }
 HISTOGRAMS = {
     "headwater_invocation_duration_seconds",
@@ -172,7 +175,7 @@ VALUE_SETS = {
     "external-redis": EXTERNAL_REDIS,
     "monitoring": ALL_MONITORING,
     "example-config": EXAMPLE_CONFIG,
-    "autoscaling": {"workers": {"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": 80}}},
+    "autoscaling": {"workers": {"autoscaling": {"enabled": True, "type": "hpa", "targetCPUUtilizationPercentage": 80}}},
 }
 
 
@@ -202,6 +205,9 @@ def test_default_render_has_the_expected_objects() -> None:
         ("StatefulSet", REDIS),
         ("PodDisruptionBudget", WORKER),
         ("PodDisruptionBudget", POLLER),
+        ("Secret", f"{REDIS}-auth"),
+        ("NetworkPolicy", REDIS),
+        ("NetworkPolicy", f"{RELEASE}-headwater-metrics"),
     }
     assert all(d["metadata"].get("namespace") == NAMESPACE for d in docs)
 
@@ -221,7 +227,8 @@ def test_worker_and_poller_commands_follow_the_cli() -> None:
     for name in (WORKER, POLLER):
         env = env_of(find(docs, "Deployment", name))
         assert env["HEADWATER_CONFIG"] == "/etc/headwater/headwater.yaml"
-        assert env["HEADWATER_REDIS_URL"] == f"redis://{REDIS}.{NAMESPACE}.svc:6379/0"
+        assert env["HEADWATER_REDIS_URL"] == f"redis://:$(HEADWATER_REDIS_PASSWORD)@{REDIS}.{NAMESPACE}.svc:6379/0"
+        assert env["HEADWATER_REDIS_PASSWORD"] == {"secretKeyRef": {"name": f"{REDIS}-auth", "key": "redis-password"}}
 
 
 # --------------------------------------------------------------------------- Redis durability
@@ -238,8 +245,8 @@ def test_embedded_redis_uses_append_only_file_on_a_volume() -> None:
 
     sts = find(docs, "StatefulSet", REDIS)
     redis = container(sts)
-    assert redis["command"] == ["redis-server"]
-    assert redis["args"][0] == "/etc/redis/redis.conf"
+    assert redis["command"][:2] == ["sh", "-ec"]
+    assert "exec redis-server /etc/redis/redis.conf" in redis["command"][2]
     mounts = {m["name"]: m["mountPath"] for m in redis["volumeMounts"]}
     assert mounts["data"] == "/data"
     assert mounts["config"] == "/etc/redis"
@@ -257,15 +264,24 @@ def test_redis_fsync_always_and_password() -> None:
     auth = {"enabled": True, "existingSecret": "redis-pw"}
     docs = render({"redis": {"appendfsync": "always", "auth": auth}})
     assert "appendfsync always" in find(docs, "ConfigMap", REDIS)["data"]["redis.conf"]
+    assert "Secret" not in kinds(docs)  # the existing Secret is used, none generated
     redis = container(find(docs, "StatefulSet", REDIS))
-    assert redis["args"][1:] == ["--requirepass", "$(REDIS_PASSWORD)"]
+    assert "--requirepass" not in redis["command"] + redis.get("args", [])  # never on argv
     worker = container(find(docs, "Deployment", WORKER))
     names = [e["name"] for e in worker["env"]]
     # Kubernetes only expands $(VAR) from variables defined earlier in the list.
     assert names.index("HEADWATER_REDIS_PASSWORD") < names.index("HEADWATER_REDIS_URL")
     url = env_of(find(docs, "Deployment", WORKER))["HEADWATER_REDIS_URL"]
     assert url.startswith("redis://:$(HEADWATER_REDIS_PASSWORD)@")
-    assert "needs redis.auth.existingSecret" in render_error({"redis": {"auth": {"enabled": True}}})
+    assert env_of(find(docs, "Deployment", WORKER))["HEADWATER_REDIS_PASSWORD"]["secretKeyRef"]["name"] == "redis-pw"
+
+    docs = render({"redis": {"auth": {"enabled": False}}})
+    redis = container(find(docs, "StatefulSet", REDIS))
+    assert redis["command"] == ["redis-server"]
+    assert redis["args"] == ["/etc/redis/redis.conf"]
+    assert "protected-mode no" in find(docs, "ConfigMap", REDIS)["data"]["redis.conf"]
+    url = env_of(find(docs, "Deployment", WORKER))["HEADWATER_REDIS_URL"]
+    assert url == f"redis://{REDIS}.{NAMESPACE}.svc:6379/0"
 
 
 def test_external_redis_replaces_the_statefulset() -> None:
@@ -279,7 +295,7 @@ def test_external_redis_replaces_the_statefulset() -> None:
     assert env_of(find(docs, "Deployment", WORKER))["HEADWATER_REDIS_URL"] == {
         "secretKeyRef": {"name": "redis-url", "key": "redis-url"}
     }
-    assert "set redis.url or redis.existingSecret" in render_error({"redis": {"enabled": False}})
+    assert "set redis.url, redis.sentinel or redis.existingSecret" in render_error({"redis": {"enabled": False}})
 
 
 # --------------------------------------------------------------------------- pods
@@ -301,7 +317,11 @@ def test_kubernetes_grace_period_outlasts_the_app_drain() -> None:
     assert worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 150
 
     error = render_error({"workers": {"graceSeconds": 60}})
-    assert "workers.terminationGracePeriodSeconds (45) must be longer than workers.graceSeconds (60)" in error
+    assert "workers.terminationGracePeriodSeconds (45) must be longer than workers.graceSeconds (60) + 10 s" in error
+    # The pool waits graceSeconds + 10 s before it kills a worker (workers/pool.py): 40 is not enough for 30.
+    error = render_error({"workers": {"graceSeconds": 30, "terminationGracePeriodSeconds": 40}})
+    assert "workers.terminationGracePeriodSeconds (40) must be longer than workers.graceSeconds (30) + 10 s" in error
+    render({"workers": {"graceSeconds": 30, "terminationGracePeriodSeconds": 41}})
     error = render_error({"pollers": {"graceSeconds": 45, "terminationGracePeriodSeconds": 45}})
     assert "pollers.terminationGracePeriodSeconds (45) must be longer" in error
 
@@ -543,13 +563,17 @@ def test_notes_warn_about_risky_settings(tmp_path: Path) -> None:
         {
             "redis": {"persistence": {"enabled": False}},
             "config": {"Functions": []},
-            "workers": {"autoscaling": {"enabled": True}},
+            "workers": {"autoscaling": {"enabled": True, "type": "hpa"}},
         },
     )
     assert "WARNING: config.Functions is empty" in risky
     assert "WARNING: redis.persistence.enabled is false" in risky
     assert "exceeds workers.graceSeconds" not in risky
     assert "external metrics adapter" in risky
+    assert "KEDA" not in risky
+    keda = render_notes(tmp_path / "keda", {**EXAMPLE_CONFIG, "workers": {"autoscaling": {"enabled": True}}})
+    assert "KEDA (keda.sh/v1alpha1) must be installed" in keda
+    assert f"Redis password: Secret {REDIS}-auth" in keda
     assert "external Redis" in render_notes(tmp_path / "external", EXTERNAL_REDIS)
 
 
@@ -632,6 +656,42 @@ def test_rules_and_dashboards_use_only_contract_metrics() -> None:
     assert dashboard_metrics <= CONTRACT_METRICS, dashboard_metrics - CONTRACT_METRICS
     # The overview and the event-source board together chart every metric Headwater exposes.
     assert dashboard_metrics == CONTRACT_METRICS, CONTRACT_METRICS - dashboard_metrics
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load((RULES / "alerts.yaml").read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"] if "alert" in rule]
+
+
+def test_every_alert_links_its_runbook_section() -> None:
+    runbooks = (ROOT / "docs" / "runbooks.md").read_text()
+    sections = set(re.findall(r"^## (\w+)$", runbooks, flags=re.MULTILINE))
+    for rule in alert_rules():
+        name = rule["alert"]
+        url = rule["annotations"].get("runbook_url", "")
+        assert url.endswith(f"docs/runbooks.md#{name.lower()}"), (name, url)
+        assert name in sections, f"docs/runbooks.md has no section '## {name}'"
+    assert sections == {rule["alert"] for rule in alert_rules()}
+
+
+def test_runbook_links_point_at_the_configured_base() -> None:
+    base = "https://git.example.com/ops/headwater/blob/main/docs/runbooks.md"
+    docs = render({"prometheusRule": {"enabled": True, "runbookBaseUrl": base + "/"}})
+    groups = find(docs, "PrometheusRule", f"{RELEASE}-headwater")["spec"]["groups"]
+    urls = {rule["alert"]: rule["annotations"]["runbook_url"] for group in groups for rule in group["rules"]}
+    assert urls
+    assert all(url == f"{base}#{name.lower()}" for name, url in urls.items()), urls
+
+
+def test_every_aggregation_keeps_the_namespace_and_no_job_is_hard_coded() -> None:
+    """Two installations in one Prometheus never mix, and a renamed release (nameOverride) is still watched."""
+    queries = [rule["expr"] for rule in alert_rules()]
+    for path in DASHBOARDS.glob("*.json"):
+        queries += exprs(json.loads(path.read_text())["panels"])
+    for query in queries:
+        for aggregation in re.finditer(r"\b(sum|max|min|count|avg)\b\s*(by\s*\(([^)]*)\))?\s*\(", query):
+            assert "namespace" in (aggregation.group(3) or ""), (aggregation.group(0), query)
+        assert not re.search(r"\bjob\s*=", query), query
 
 
 def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
