@@ -18,7 +18,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from redis.exceptions import (
@@ -51,12 +51,13 @@ Parser = argparse.ArgumentParser
 
 DESCRIPTION = """\
 Headwater runs Lambda-style Python handlers with Lambda's asynchronous invocation and event source
-mappings (SQS, Kafka) on your own Redis. `validate` checks a configuration, `worker` and `poll` run
-the long-lived processes, `invoke`, `mappings` and `quarantine` inspect and drive a running system."""
+mappings (SQS, Kafka) on your own Redis. `validate` checks a configuration, `worker`, `poll` and `api`
+run the long-lived processes, `invoke`, `status`, `mappings` and `quarantine` inspect and drive a running system."""
 EPILOG = """\
 environment: HEADWATER_REDIS_URL (the Redis every command uses, overridden by --redis-url),
-HEADWATER_CONFIG (the configuration file, overridden by --config), HEADWATER_LOG_LEVEL.
+HEADWATER_CONFIG (the configuration file, overridden by --config), HEADWATER_LOG_LEVEL, HEADWATER_API_KEYS_FILE (`api`).
 Errors are one line on stderr and exit code 2."""
+METRICS_HELP = "serve Prometheus /metrics and /healthz on this port (default: not served)"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 CONNECT_TIMEOUT_SECONDS = 5.0
 # Redis alive but not accepting writes now (the same write succeeds later): the refusals redis-py has a
@@ -162,12 +163,81 @@ def _poll(args: argparse.Namespace) -> int:
     return 0
 
 
+def _api(args: argparse.Namespace) -> int:
+    from broker.api.server import ServerOptions, run
+
+    keys_file = args.keys_file or os.environ.get("HEADWATER_API_KEYS_FILE") or None
+    run(
+        ServerOptions(
+            config_path=args.config,
+            redis_url=args.redis_url,
+            host=args.host,
+            port=args.port,
+            keys_file=None if args.no_auth else keys_file,
+            no_auth=args.no_auth,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            metrics_port=args.metrics_port,
+            grace_seconds=args.grace_seconds,
+        )
+    )
+    return 0
+
+
 def _mappings(args: argparse.Namespace) -> int:
     from broker.mapping_state import print_mappings
 
-    _connected(args).close()
-    print_mappings(args.config, args.redis_url, as_json=args.json)
+    redis = _connected(args)
+    try:
+        print_mappings(args.config, redis, as_json=args.json)
+    finally:
+        redis.close()
     return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    """Where every function's jobs are and how each mapping fares, read from Redis (no daemon asked)."""
+    from broker.mapping_state import mapping_status
+
+    config = load_config(args.config)
+    names = [f.function_name for f in config.functions]
+    redis = _connected(args)
+    try:
+        queue = _queue_on(redis).status(names)
+        mapping_rows = mapping_status(args.config, config, redis)
+    finally:
+        redis.close()
+    functions = [
+        {
+            "FunctionName": name,
+            "Queued": queue.queued[name],
+            "Running": queue.running[name],
+            "ScheduledRetries": queue.scheduled[name],
+            "Quarantined": queue.quarantined[name],
+        }
+        for name in names
+    ]
+    workers = {"Alive": queue.workers_alive, "LeaseExpired": queue.workers_expired}
+    if args.output == "json":
+        print(json.dumps({"Functions": functions, "Workers": workers, "EventSourceMappings": mapping_rows}, indent=2))
+    else:
+        _print_status(functions, workers, mapping_rows)
+    return 0
+
+
+def _print_status(functions: list[dict[str, Any]], workers: dict[str, int], mapping_rows: list[dict[str, Any]]) -> None:
+    print(f"{'FUNCTION':24}  {'QUEUED':>8}  {'RUNNING':>8}  {'SCHEDULED':>9}  {'QUARANTINED':>11}")
+    for row in functions:
+        print(
+            f"{row['FunctionName']:24}  {row['Queued']:>8}  {row['Running']:>8}  "
+            f"{row['ScheduledRetries']:>9}  {row['Quarantined']:>11}"
+        )
+    print(f"\nworkers alive: {workers['Alive']}  (lease expired, jobs not yet handed back: {workers['LeaseExpired']})")
+    if mapping_rows:
+        print(f"\n{'MAPPING':36}  {'FUNCTION':20}  {'STATE':9}  {'SINCE':>8}  LAST PROCESSING RESULT")
+        for m in mapping_rows:
+            since, result = f"{m['SecondsInState']:.0f}s", m["LastProcessingResult"] or "-"
+            print(f"{m['UUID']:36}  {m['FunctionName']:20}  {m['State']:9}  {since:>8}  {result}")
 
 
 def _dev(args: argparse.Namespace) -> int:
@@ -177,9 +247,13 @@ def _dev(args: argparse.Namespace) -> int:
 
 
 def _queue(args: argparse.Namespace) -> InvocationQueue:
+    return _queue_on(_connected(args))
+
+
+def _queue_on(redis: Redis) -> InvocationQueue:
     from broker.queue import InvocationQueue
 
-    return InvocationQueue(_connected(args))
+    return InvocationQueue(redis)
 
 
 def _quarantine_list(args: argparse.Namespace) -> int:
@@ -267,12 +341,14 @@ def build_parser() -> argparse.ArgumentParser:
     _command(commands, common, "validate", _validate, "check a configuration file and print every error at once")
     _add_invoke(_command(commands, common, "invoke", _invoke, "invoke a function, as `aws lambda invoke` does"))
     _add_worker(_command(commands, common, "worker", _worker, "run a worker pool that drains the invocation queue"))
-    poll = _command(commands, common, "poll", _poll, "run the pollers of every enabled event source mapping")
-    poll.add_argument("--metrics-port", type=int, default=None)
-    poll.add_argument("--grace-seconds", type=float, default=30.0, help="time in-flight batches get to settle")
+    _add_poll(_command(commands, common, "poll", _poll, "run the pollers of every enabled event source mapping"))
+    _add_api(_command(commands, common, "api", _api, "serve Lambda's HTTP API (boto3, the AWS CLI, any AWS SDK)"))
     described = "show each event source mapping as Lambda describes it, with its state"
     mappings = _command(commands, common, "mappings", _mappings, described)
     mappings.add_argument("--json", action="store_true", help="Lambda's EventSourceMappingConfiguration JSON")
+    described = "per function: queued, running, scheduled retries, quarantined; live workers; each mapping's state"
+    status = _command(commands, common, "status", _status, described)
+    status.add_argument("--output", choices=["table", "json"], default="table", help="(default: table)")
     _add_quarantine(commands, common)
     described = "run a private Redis (not --redis-url), a worker and example invocations, and show the outcomes"
     dev = _command(commands, common, "dev", _dev, described, config=False)
@@ -286,7 +362,7 @@ def _command(
     sub = under.add_parser(name, help=help_text, description=help_text, parents=[common])
     sub.set_defaults(handler=handler, usage_error=sub.error)
     if config:
-        sub.add_argument("--config", help="configuration file (default: $HEADWATER_CONFIG)")
+        sub.add_argument("--config", help="the configuration file (YAML or JSON) (default: $HEADWATER_CONFIG)")
     return sub
 
 
@@ -298,11 +374,35 @@ def _add_invoke(invoke: Parser) -> None:
 
 
 def _add_worker(worker: Parser) -> None:
-    worker.add_argument("--processes", type=int, default=1)
-    worker.add_argument("--functions", help="comma-separated function names (default: all)")
-    worker.add_argument("--grace-seconds", type=float, default=30.0)
-    worker.add_argument("--prefetch", type=int, default=8, help="jobs a process claims ahead under backlog")
-    worker.add_argument("--metrics-port", type=int, default=None)
+    processes_help = "worker processes, each running one invocation at a time (default: 1)"
+    worker.add_argument("--processes", type=int, default=1, help=processes_help)
+    worker.add_argument("--functions", help="comma-separated names of the functions to serve (default: all)")
+    grace_help = (
+        "after SIGTERM, time the running invocations get to finish; a worker still running 10 s later is "
+        "killed and its jobs return to the queue (default: 30; a supervisor's stop timeout must be longer)"
+    )
+    worker.add_argument("--grace-seconds", type=float, default=30.0, help=grace_help)
+    prefetch_help = "jobs a process claims ahead when there is a backlog (default: 8)"
+    worker.add_argument("--prefetch", type=int, default=8, help=prefetch_help)
+    worker.add_argument("--metrics-port", type=int, default=None, help=METRICS_HELP)
+
+
+def _add_poll(poll: Parser) -> None:
+    poll.add_argument("--metrics-port", type=int, default=None, help=METRICS_HELP)
+    grace_help = "after SIGTERM, time in-flight batches get to settle; the rest come back from the source (default: 30)"
+    poll.add_argument("--grace-seconds", type=float, default=30.0, help=grace_help)
+
+
+def _add_api(api: Parser) -> None:
+    api.add_argument("--host", default="0.0.0.0", help="address to listen on (default: every interface)")  # noqa: S104
+    api.add_argument("--port", type=int, default=8080, help="the API's port (default: 8080)")
+    keys_help = "access keys accepted, ACCESS_KEY_ID:SECRET_ACCESS_KEY per line (default: $HEADWATER_API_KEYS_FILE)"
+    api.add_argument("--keys-file", help=keys_help)
+    api.add_argument("--no-auth", action="store_true", help="accept unsigned requests (local use only; logs a warning)")
+    api.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM), with --tls-key")
+    api.add_argument("--tls-key", help="the certificate's private key (PEM)")
+    api.add_argument("--metrics-port", type=int, default=None, help=METRICS_HELP)
+    api.add_argument("--grace-seconds", type=float, default=30.0, help="time requests in flight get after SIGTERM")
 
 
 def _add_quarantine(commands: Commands, common: Parser) -> None:

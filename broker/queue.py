@@ -32,6 +32,7 @@ import json
 import time
 import uuid
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -114,6 +115,21 @@ class Lease:
     graced: int  # leases extended because Redis had been away
 
 
+@dataclass(frozen=True, slots=True)
+class QueueStatus:
+    """Where a set of functions' jobs are now (`headwater status`), and the workers' leases.
+
+    `running` counts the jobs in workers' processing lists: the one each worker runs and those it
+    claimed ahead (prefetch). `workers_expired` have a lapsed lease whose jobs are not handed back yet."""
+
+    queued: dict[str, int]
+    running: dict[str, int]
+    scheduled: dict[str, int]  # retries and throttle backoffs waiting for their due time
+    quarantined: dict[str, int]
+    workers_alive: int
+    workers_expired: int
+
+
 class InvocationQueue:
     """Enqueue, claim, complete, schedule, quarantine and hand back invocations on one Redis."""
 
@@ -175,6 +191,32 @@ class InvocationQueue:
         for name in function_names:
             pipe.llen(keys.RQ_QUEUE_KEY_PREFIX + keys.queue_name(name))
         return dict(zip(function_names, (int(n) for n in pipe.execute()), strict=True))
+
+    def status(self, function_names: list[str]) -> QueueStatus:
+        """A read-only snapshot of every place a job can be (two round trips; nothing is locked, so
+        a job moving meanwhile may be counted in two places or in none)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for name in function_names:
+            pipe.llen(keys.RQ_QUEUE_KEY_PREFIX + keys.queue_name(name))
+        pipe.zrange(keys.WORKERS, 0, -1, withscores=True)
+        pipe.zrange(keys.SCHEDULED, 0, -1)
+        pipe.hvals(keys.QUARANTINE)
+        pipe.time()
+        *lengths, workers, scheduled, quarantined, (seconds, micros) = pipe.execute()
+        holding = self.redis.pipeline(transaction=False)
+        for worker_id, _ in workers:
+            holding.lrange(keys.processing(_text(worker_id)), 0, -1)
+        held = [entry for entries in holding.execute() for entry in entries]
+        now_ms = seconds * 1000 + micros // 1000
+        alive = sum(1 for _, deadline in workers if deadline > now_ms)
+        return QueueStatus(
+            queued=dict(zip(function_names, (int(n) for n in lengths), strict=True)),
+            running=_count_by_function(function_names, (keys.split_entry(_text(e))[0] for e in held)),
+            scheduled=_count_by_function(function_names, (keys.split_entry(_text(e))[0] for e in scheduled)),
+            quarantined=_count_by_function(function_names, (str(_reason(d).get("queue", "")) for d in quarantined)),
+            workers_alive=alive,
+            workers_expired=len(workers) - alive,
+        )
 
     # -- results for waiting callers ------------------------------------------------------------
     def wait_for_reply(self, reply_to: str, timeout_seconds: float) -> Result | None:
@@ -372,6 +414,16 @@ def _reason(document: bytes) -> dict[str, Any]:
     except ValueError:
         return {"reason": _text(document)}
     return details if isinstance(details, dict) else {"reason": str(details)}
+
+
+def _count_by_function(function_names: list[str], queues: Iterable[str]) -> dict[str, int]:
+    """How many of `queues` (queue names, one per job) belong to each of the functions."""
+    counts = dict.fromkeys(function_names, 0)
+    for queue in queues:
+        name = keys.function_of_queue(queue)
+        if name in counts:
+            counts[name] += 1
+    return counts
 
 
 def _text(value: bytes | str) -> str:

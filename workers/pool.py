@@ -161,6 +161,7 @@ class Pool:
         self._signals: list[int] = []  # received, not yet acted on (handlers only record and wake)
         self._wakeup = _Wakeup()
         self._metrics_directory = tempfile.mkdtemp(prefix="headwater-metrics-")
+        self._restarts = 0  # workers that died and were (to be) restarted: headwater_worker_restarts_total
 
     def stop(self, *_: object) -> None:
         if not self._stopping:
@@ -222,6 +223,7 @@ class Pool:
         assert process is not None
         multiprocess.mark_process_dead(process.pid, self._metrics_directory)  # type: ignore[no-untyped-call]
         slot.process = None
+        self._restarts += 1
         delay = slot.crashes.next()
         slot.restart_at = now + delay
         log.error("worker process died; restarting", slot=index, exit_code=process.exitcode, restart_in_seconds=delay)
@@ -262,6 +264,7 @@ class Pool:
         multiprocess.MultiProcessCollector(registry, path=self._metrics_directory)  # type: ignore[no-untyped-call]
         queue = InvocationQueue(connect(self.redis_url, socket_timeout=2))
         registry.register(metrics.QueueDepthCollector(lambda: queue.depths(self.function_names), queue.quarantine_size))
+        registry.register(metrics.PoolCollector(lambda: self._restarts))
         assert self.metrics_port is not None
         server = metrics.serve(self.metrics_port, registry, self.healthy)
         log.info("metrics served", port=server.server_address[1])
