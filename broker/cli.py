@@ -14,28 +14,20 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
 
-from redis.exceptions import (
-    BusyLoadingError,
-    MasterDownError,
-    OutOfMemoryError,
-    ReadOnlyError,
-    RedisError,
-    ResponseError,
-    TryAgainError,
-)
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import (
+    RedisError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from broker import __version__, logs, payload
 from broker.config import DEFAULT_REDIS_URL, Config, load_config, redis_url
-from broker.connection import connect
+from broker.connection import connect, redacted, refuses_writes, scrubbed
 from broker.errors import HeadwaterError, TooManyRequests
 from broker.model import InvocationType
 
@@ -60,40 +52,7 @@ Errors are one line on stderr and exit code 2."""
 METRICS_HELP = "serve Prometheus /metrics and /healthz on this port (default: not served)"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 CONNECT_TIMEOUT_SECONDS = 5.0
-# Redis alive but not accepting writes now (the same write succeeds later): the refusals redis-py has a
-# class for (it strips their prefix from the message), then the prefixes of those it has none for.
-REFUSAL_CLASSES = (OutOfMemoryError, ReadOnlyError, BusyLoadingError, MasterDownError, TryAgainError)
-REFUSAL_PREFIXES = ("MISCONF", "NOREPLICAS", "BUSY")
 PAST_TENSE = {"requeue": "requeued", "drop": "dropped"}
-_PASSWORD_IN_QUERY = re.compile(r"(?i)((?:^|&)[a-z_]*password=)[^&]*")
-
-
-def redacted(url: str) -> str:
-    """`url` fit to print: a password in its user part or its query (`?password=`) becomes `***`."""
-    parts = urlsplit(url)
-    userinfo, at, hosts = parts.netloc.rpartition("@")
-    netloc = f"{userinfo.split(':', 1)[0]}:***@{hosts}" if at and ":" in userinfo else parts.netloc
-    query = _PASSWORD_IN_QUERY.sub(r"\1***", parts.query)
-    return parts._replace(netloc=netloc, query=query).geturl()
-
-
-def _scrubbed(text: str, url: str) -> str:
-    """`text` with `url` redacted and any password it carries masked, wherever it was quoted."""
-    text = text.replace(url, redacted(url))
-    parts = urlsplit(url)
-    userinfo, at, _ = parts.netloc.rpartition("@")
-    secrets = [userinfo.split(":", 1)[1]] if at and ":" in userinfo else []
-    secrets += [match.group(0).split("=", 1)[1] for match in _PASSWORD_IN_QUERY.finditer(parts.query)]
-    for secret in filter(None, secrets):
-        text = text.replace(secret, "***").replace(unquote(secret), "***")
-    return text
-
-
-def refuses_writes(error: RedisError) -> bool:
-    """True when Redis answered but will not take writes now (memory full, a replica, loading...)."""
-    return isinstance(error, REFUSAL_CLASSES) or (
-        isinstance(error, ResponseError) and str(error).startswith(REFUSAL_PREFIXES)
-    )
 
 
 def _redis_problem(error: RedisError, url: str) -> str:
@@ -437,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         problem = _redis_problem(error, args.redis_url)
     except KeyboardInterrupt:
         return 130
-    print(f"headwater: {_scrubbed(problem, args.redis_url)}", file=sys.stderr)
+    print(f"headwater: {scrubbed(problem, args.redis_url)}", file=sys.stderr)
     return 2
 
 

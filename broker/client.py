@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
+from redis.exceptions import RedisError
 
 from broker import connection, keys, metrics, payload, records
 from broker.config import Config, Function
@@ -92,17 +92,17 @@ class Client:
         (retry later, as after any 429); an unreachable one is a 503 that may have stored it."""
         try:
             self.queue.enqueue(invocation)
-        except (OutOfMemoryError, ReadOnlyError) as error:
+        except RedisError as error:
+            if not connection.refuses_writes(error):
+                raise StoreUnavailable(
+                    f"Headwater's Redis did not answer ({type(error).__name__}); the invocation may not have "
+                    "been accepted; retry (handlers must be idempotent)"
+                ) from None
             metrics.THROTTLES.labels(invocation.function_name, "store_refusing_writes").inc()
             raise TooManyRequests(
                 f"Rate Exceeded. Headwater's Redis is refusing writes ({str(error).split('.')[0]}); "
                 "nothing was accepted; retry later",
                 "ConcurrentInvocationLimitExceeded",
-            ) from None
-        except RedisError as error:
-            raise StoreUnavailable(
-                f"Headwater's Redis did not answer ({type(error).__name__}); the invocation may not have been "
-                "accepted; retry (handlers must be idempotent)"
             ) from None
 
     def _function(self, name: str) -> Function:

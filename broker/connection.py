@@ -26,6 +26,7 @@ hold every write made before it on the same connection.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -35,6 +36,15 @@ from redis import asyncio as redis_async
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    BusyLoadingError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -197,3 +207,39 @@ def _parse_host(text: str) -> tuple[str, int]:
 def _bad_url(reason: str) -> ConfigError:
     expected = f"{SENTINEL_SCHEME}://[:password@]host:port[,host:port...]/service_name[/db]"
     return ConfigError([f"{reason} (expected {expected})"], "Redis URL")
+
+
+# -- what may be printed, and what an error means --------------------------------------------------
+# Redis alive but not accepting writes now (the same write succeeds later): the refusals redis-py has a
+# class for (it strips their prefix from the message), then the prefixes of those it has none for.
+REFUSAL_CLASSES = (OutOfMemoryError, ReadOnlyError, BusyLoadingError, MasterDownError, TryAgainError)
+REFUSAL_PREFIXES = ("MISCONF", "NOREPLICAS", "BUSY")
+_PASSWORD_IN_QUERY = re.compile(r"(?i)((?:^|&)[a-z_]*password=)[^&]*")
+
+
+def redacted(url: str) -> str:
+    """`url` fit to print: a password in its user part or its query (`?password=`) becomes `***`."""
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    netloc = f"{userinfo.split(':', 1)[0]}:***@{hosts}" if at and ":" in userinfo else parts.netloc
+    query = _PASSWORD_IN_QUERY.sub(r"\1***", parts.query)
+    return parts._replace(netloc=netloc, query=query).geturl()
+
+
+def scrubbed(text: str, url: str) -> str:
+    """`text` with `url` redacted and any password it carries masked, wherever it was quoted."""
+    text = text.replace(url, redacted(url))
+    parts = urlsplit(url)
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    secrets = [userinfo.split(":", 1)[1]] if at and ":" in userinfo else []
+    secrets += [match.group(0).split("=", 1)[1] for match in _PASSWORD_IN_QUERY.finditer(parts.query)]
+    for secret in filter(None, secrets):
+        text = text.replace(secret, "***").replace(unquote(secret), "***")
+    return text
+
+
+def refuses_writes(error: RedisError) -> bool:
+    """True when Redis answered but will not take writes now (memory full, a replica, loading...)."""
+    return isinstance(error, REFUSAL_CLASSES) or (
+        isinstance(error, ResponseError) and str(error).startswith(REFUSAL_PREFIXES)
+    )
