@@ -14,6 +14,7 @@ RQ_JOB_KEY_PREFIX = "rq:job:"
 WAKE_PREFIX = f"{PREFIX}:wake:"  # per function queue: tokens that wake the workers serving it
 SCHEDULED = f"{PREFIX}:scheduled"  # zset: entry -> due time (retries, throttle backoff)
 WORKERS = f"{PREFIX}:workers"  # zset: worker id -> lease deadline (Redis's clock, ms)
+WORKER_FUNCTIONS = f"{PREFIX}:worker-functions"  # hash: worker id -> the functions it serves, tab-separated
 CLOCK = f"{PREFIX}:clock"  # Redis's time (ms) when any lease was last renewed: a stale one means Redis was away
 QUARANTINE = f"{PREFIX}:quarantine"  # hash: job id -> JSON {queue, reason, at}; the job's hash is kept
 PROCESSING_PREFIX = f"{PREFIX}:processing:"  # + worker id: list of the entries that worker holds
@@ -50,6 +51,15 @@ def mapping_state(uuid: str) -> str:
     return f"{PREFIX}:mapping:{uuid}"
 
 
+# -- configuration stored at run time through the API: see broker/mapping_store.py and ---------------
+# -- broker/function_overrides.py (the only modules that touch these keys) ---------------------------
+MAPPINGS = f"{PREFIX}:mappings"  # hash: UUID -> JSON record of a mapping created through the API
+MAPPINGS_GENERATION = f"{PREFIX}:mappings:generation"  # counter: bumped by every change to MAPPINGS
+FUNCTION_CONCURRENCY = f"{PREFIX}:function-concurrency"  # hash: function -> ReservedConcurrentExecutions
+FUNCTION_EVENT_INVOKE_CONFIG = f"{PREFIX}:function-event-invoke-config"  # hash: function -> JSON record
+FUNCTION_OVERRIDES_GENERATION = f"{PREFIX}:function-overrides:generation"  # counter: bumped by every change
+
+
 def entry(queue: str, job_id: str) -> str:
     return f"{queue}{ENTRY_SEPARATOR}{job_id}"
 
@@ -58,3 +68,32 @@ def split_entry(value: str) -> tuple[str, str]:
     """(queue, job id) of a schedule or processing entry; a processing entry's claim token follows."""
     queue, job_id, *_ = value.split(ENTRY_SEPARATOR, 2)
     return queue, job_id
+
+
+# -- shard leases (Kinesis, DynamoDB Streams): see broker/shard_leases.py ----------------------------
+SHARD_PREFIX = f"{PREFIX}:shard:"
+
+
+def shard_lease_prefix(uuid: str) -> str:
+    """Prefix of a mapping's per-shard lease hashes; the scripts append the shard id."""
+    return f"{SHARD_PREFIX}{uuid}:"
+
+
+def shard_lease(uuid: str, shard_id: str) -> str:
+    """Hash: owner, fencing token, lease deadline (Redis ms), checkpoint, ended, parents of one shard."""
+    return f"{shard_lease_prefix(uuid)}{shard_id}"
+
+
+def shard_set(uuid: str) -> str:
+    """Set: every shard id a mapping's replicas have discovered."""
+    return f"{PREFIX}:shards:{uuid}"
+
+
+def shard_replicas(uuid: str) -> str:
+    """Zset: poller replica id -> deadline (Redis ms) of the replicas sharing a mapping's shards."""
+    return f"{PREFIX}:shard-replicas:{uuid}"
+
+
+def shard_clock(uuid: str) -> str:
+    """Redis's time (ms) when a mapping's shard leases were last balanced: stale means Redis was away."""
+    return f"{PREFIX}:shard-clock:{uuid}"

@@ -88,6 +88,8 @@ class MappingRunner:
             await self._services.states.transition(self.mapping, State.DISABLED, reason)
         elif self._disabling:
             await self._services.states.transition(self.mapping, State.DISABLED)
+        if refusal is not None or self._disabling:  # it polls no more: no last-poll time that ages into an alert
+            metrics.forget_mapping(self.mapping.uuid, keep_info=True)
 
     async def _run_until_stopped(self, source_class: type[Source]) -> ConfigError | None:
         """Poll, restarting after crashes, until stopped; or return what the source refused."""
@@ -152,6 +154,7 @@ class MappingRunner:
             function_timeout_seconds=self.function.timeout,
             kafka_bootstrap_servers=_bootstrap_servers(self.mapping),
             account_id=settings.account_id,
+            extras={"redis": self._services.redis},  # where sharded sources keep their shard leases
         )
 
 

@@ -7,9 +7,11 @@ sum. Labels stay bounded: function, trigger, mapping, source kind; never a reque
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import (
@@ -23,7 +25,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
@@ -96,6 +98,8 @@ STORE_ERRORS = Counter(
     "Redis errors met by a process and retried (connection, timeout, OOM, READONLY, LOADING...).",
     ["error"],
 )
+# Redis errors (redis-py class names) declared at zero: the ones HeadwaterStoreUnavailable tells apart.
+DECLARED_STORE_ERRORS = ("ConnectionError", "TimeoutError", "OutOfMemoryError", "ReadOnlyError")
 ESM_STAGES = (
     *("polled", "filtered_out", "invoked", "failed_invoke", "deleted", "dropped", "on_failure_delivered"),
     "handed_back",  # a batch whose invocation vanished went back to its source, to be read again
@@ -123,6 +127,13 @@ POLLER_LAST_POLL = Gauge(
 POLLER_CRASHES = Counter(
     "headwater_poller_crashes", "Pollers restarted after an unexpected error.", ["event_source", "source_type"]
 )
+MAPPING_INFO = Gauge(
+    "headwater_mapping_info",
+    "1 per event source mapping a poller runs: joins its UUID (`event_source`, as on every per-mapping "
+    "series) to its function, source kind and source (the ARN, or a Kafka mapping's topics).",
+    ["event_source", "function", "source_type", "source"],
+    multiprocess_mode="max",
+)
 SQS_OLDEST_MESSAGE_AGE = Gauge(
     "headwater_sqs_oldest_message_age_seconds",
     "Age (from SentTimestamp) of the oldest message in a mapping's latest receive; 0 when it was empty.",
@@ -143,33 +154,73 @@ KAFKA_REBALANCES = Counter(
 )
 
 
-class QueueDepthCollector(Collector):
-    """Reads queue depths (and the quarantine's size) from Redis at scrape time, so they are never stale."""
+class PoolCollector(Collector):
+    """The worker pool's own counters. The pool process imported prometheus-client before it set up
+    the multiprocess directory its workers write to, so what it records itself is served from here."""
 
-    def __init__(self, depths: Callable[[], dict[str, int]], quarantined: Callable[[], int] | None = None) -> None:
-        self._depths = depths
-        self._quarantined = quarantined
+    def __init__(self, restarts: Callable[[], int]) -> None:
+        self._restarts = restarts
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "headwater_worker_restarts",
+            "Worker processes that died (crash, OOM kill, exit) and were restarted by their pool.",
+            value=self._restarts(),
+        )
+
+
+@dataclass(frozen=True)
+class QueueFigures:
+    """Where the jobs of a pool's functions are now, read from Redis (see `InvocationQueue.status`)."""
+
+    queued: Mapping[str, int]
+    running: Mapping[str, int]  # in workers' processing lists (running or claimed ahead)
+    scheduled: Mapping[str, int]  # retries and throttle backoffs waiting for their time
+    quarantined_total: int  # the whole quarantine, every function's
+
+
+class QueueCollector(Collector):
+    """Reads where every function's jobs are from Redis at scrape time, so the figures are never stale.
+
+    Every pod of a pool reports the same figures: dashboards and alerts take `max by (namespace, queue)`."""
+
+    def __init__(self, read: Callable[[], QueueFigures]) -> None:
+        self._read = read
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        family = GaugeMetricFamily("headwater_queue_depth", "Invocations waiting per function queue.", labels=["queue"])
+        families = {
+            "queued": GaugeMetricFamily(
+                "headwater_queue_depth", "Invocations waiting per function queue.", labels=["queue"]
+            ),
+            "running": GaugeMetricFamily(
+                "headwater_jobs_running",
+                "Jobs held by workers per function (running or claimed ahead).",
+                labels=["queue"],
+            ),
+            "scheduled": GaugeMetricFamily(
+                "headwater_jobs_scheduled", "Jobs waiting for a retry or backoff time per function.", labels=["queue"]
+            ),
+        }
         quarantine = GaugeMetricFamily(
             "headwater_quarantined_jobs", "Jobs in the quarantine now (see `headwater quarantine list`)."
         )
         try:
-            for queue, depth in self._depths().items():
-                family.add_metric([queue], depth)
-            if self._quarantined is not None:
-                quarantine.add_metric([], self._quarantined())
+            figures = self._read()
         except (OSError, RedisError):  # Redis away: report nothing rather than fail the whole scrape
-            pass
-        yield family
-        if self._quarantined is not None:
-            yield quarantine
+            yield from families.values()
+            return
+        for place, family in families.items():
+            for queue, count in getattr(figures, place).items():
+                family.add_metric([queue], count)
+        quarantine.add_metric([], figures.quarantined_total)
+        yield from (*families.values(), quarantine)
 
 
 def declare_functions(functions: Iterable[tuple[str, int | None]]) -> None:
     """Create each function's series at zero, so `increase()` in alerts sees the very first event."""
-    BUILD_INFO.labels(__version__).set(1)
+    declare_build()
+    for operation in ("complete", "quarantine"):
+        FENCED.labels(operation)
     for name, reserved in functions:
         for counter, labels in (
             (THROTTLES, ("function_limit",)),
@@ -180,6 +231,34 @@ def declare_functions(functions: Iterable[tuple[str, int | None]]) -> None:
             counter.labels(name, *labels)
         if reserved is not None:
             CONCURRENCY_LIMIT.labels(name, "reserved").set(reserved)
+
+
+def declare_build() -> None:
+    """`headwater_build_info`, from every process (pool, poller, API): the version and a liveness join;
+    and the Redis errors the store alerts tell apart, at zero, so `increase()` sees the first one."""
+    BUILD_INFO.labels(__version__).set(1)
+    for error in DECLARED_STORE_ERRORS:
+        STORE_ERRORS.labels(error)
+
+
+def declare_mapping(uuid: str, function: str, source_type: str, source: str) -> None:
+    """A mapping this process runs: its info series, and its crash counter at zero for `increase()`."""
+    MAPPING_INFO.labels(uuid, function, source_type, source).set(1)
+    POLLER_CRASHES.labels(uuid, source_type)
+
+
+def forget_mapping(uuid: str, *, keep_info: bool = False) -> None:
+    """Remove a mapping's gauges (and its info series unless `keep_info`: a disabled mapping still exists),
+    so a removed or disabled mapping's last poll time does not linger and look stalled (HeadwaterPollerStalled)."""
+    families = [POLLER_LAST_POLL, SQS_OLDEST_MESSAGE_AGE, POLLER_CONCURRENT_BATCHES, KAFKA_OFFSET_LAG, ITERATOR_AGE]
+    families += [POLLER_LEASES]
+    families += [] if keep_info else [MAPPING_INFO]
+    for family in families:
+        for metric in family.collect():
+            for sample in metric.samples:
+                if sample.labels.get("event_source") == uuid:
+                    with contextlib.suppress(KeyError):  # removed already (several samples share one child)
+                        family.remove(*sample.labels.values())
 
 
 def registry_for_process() -> CollectorRegistry:
@@ -217,3 +296,37 @@ def serve(port: int, registry: CollectorRegistry, healthy: Callable[[], bool], h
     server = ThreadingHTTPServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server
+
+
+# -- sharded streams (Kinesis, DynamoDB Streams): see broker/shard_leases.py ------------------------
+ITERATOR_AGE = Gauge(
+    "headwater_iterator_age_seconds",
+    "Streams: age of the last record of the latest batch sent to the function (the oldest among "
+    "this replica's shards); 0 when every shard it reads is caught up.",
+    ["function", "event_source"],
+    multiprocess_mode="max",
+)
+POLLER_LEASES = Gauge(
+    "headwater_poller_leases",
+    "Shards whose lease this poller replica holds, per mapping.",
+    ["event_source", "source_type"],
+    multiprocess_mode="livesum",
+)
+LEASE_TAKES = Counter(
+    "headwater_poller_lease_takes",
+    "Shard leases this replica took: unowned, expired (a dead owner's), handoff (a live owner gave it "
+    "up when asked: a steal), forced (a live owner did not answer the ask in time: a steal).",
+    ["event_source", "source_type", "how"],
+)
+LEASES_FENCED = Counter(
+    "headwater_poller_leases_fenced",
+    "Shards this replica found taken by another (its checkpoint refused, or missing from its leases): "
+    "it stopped invoking them.",
+    ["event_source", "source_type"],
+)
+STREAM_REDELIVERIES = Counter(
+    "headwater_poller_stream_redeliveries",
+    "Streams: batches sent again (kind=retry: a retry after a function error, a partial failure or a "
+    "throttle) or split (kind=bisect: BisectBatchOnFunctionError halved a failing batch).",
+    ["event_source", "source_type", "kind"],
+)

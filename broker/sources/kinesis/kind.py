@@ -1,4 +1,4 @@
-"""Amazon Kinesis data streams as event sources (the model; polling is a later issue)."""
+"""What a Kinesis mapping is: how it is recognised, its defaults (BatchSize 100, no window), its rules."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from broker.sources.base import STREAM_FIELDS, SourceKind, register, stream_rule
 
 if TYPE_CHECKING:
     from broker.mapping import EventSourceMapping
+
+STREAM_ARN_MARKER = ":stream/"
 
 
 @register
@@ -23,4 +25,12 @@ class KinesisKind(SourceKind):
 
     @classmethod
     def rules(cls, mapping: EventSourceMapping) -> list[str]:
-        return stream_rules(mapping, ("TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"))
+        problems = stream_rules(mapping, ("TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"))
+        if STREAM_ARN_MARKER not in (mapping.event_source_arn or ""):
+            problems.append("EventSourceArn must be a stream ARN (arn:aws:kinesis:REGION:ACCOUNT:stream/NAME)")
+        return problems
+
+
+def stream_name(arn: str) -> str:
+    """The stream's name, from its ARN (the Kinesis calls take StreamName everywhere)."""
+    return arn.split(STREAM_ARN_MARKER, 1)[1]
