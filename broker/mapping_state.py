@@ -17,12 +17,11 @@ from typing import Any
 
 from redis import Redis
 from redis import asyncio as redis_async
-from redis.exceptions import RedisError
 
-from broker import keys
+from broker import keys, shard_leases
 from broker.config import Config, load_config
-from broker.errors import HeadwaterError
 from broker.mapping import EventSourceMapping
+from broker.mapping_store import MappingStore, combined
 from broker.records import function_arn
 from broker.sources.base import SOURCE_SPECIFIC_FIELDS, kind_of, runtime_for
 
@@ -78,27 +77,84 @@ class MappingStates:
         await self._redis.delete(keys.mapping_state(uuid))
 
 
-def print_mappings(config_path: str | None, redis_url: str, as_json: bool) -> None:
-    """`headwater mappings`: Lambda's ListEventSourceMappings answer, or a table of it."""
-    config = load_config(config_path)
+def print_mappings(config_path: str | None, redis: Redis, as_json: bool) -> None:
+    """`headwater mappings`: Lambda's ListEventSourceMappings answer, or a table of it (the file's
+    mappings and those created through the API)."""
+    config = with_stored_mappings(load_config(config_path), redis)
+    described = [describe(m, config, stored, modified) for m, stored, modified in _stored(config_path, config, redis)]
+    shards = {mapping.uuid: shard_leases.read_shards(redis, mapping.uuid) for mapping in config.event_source_mappings}
+    if as_json:
+        listed = {uuid: [_shard_row(view) for view in views] for uuid, views in shards.items() if views}
+        print(json.dumps({"EventSourceMappings": described, **({"Shards": listed} if listed else {})}, indent=2))
+        return
+    print(f"{'UUID':36}  {'STATE':9}  {'FUNCTION':20}  EVENT SOURCE / REASON / LAST PROCESSING RESULT")
+    for mapping, shown in zip(config.event_source_mappings, described, strict=True):
+        print(f"{mapping.uuid:36}  {shown['State']:9}  {mapping.function_name:20}  {source_of(mapping)}")
+        print(f"{'':36}  {'':9}  {'':20}  {shown['StateTransitionReason']}")
+        if "LastProcessingResult" in shown:
+            print(f"{'':36}  {'':9}  {'':20}  {shown['LastProcessingResult']}")
+        for view in shards[mapping.uuid]:
+            print(f"{'':36}  {'':9}  {'':20}  {_shard_line(view)}")
+
+
+def with_stored_mappings(config: Config, redis: Redis) -> Config:
+    """The file's configuration with the mappings created through the API, as the pollers run them."""
+    return combined(config, MappingStore(redis).load())
+
+
+def _shard_row(view: shard_leases.ShardView) -> dict[str, Any]:
+    """A shard's lease in the JSON answer (Headwater's addition beside Lambda's mapping shape)."""
+    return {
+        "ShardId": view.shard_id,
+        "Owner": view.owner,
+        "Checkpoint": shard_leases.SHARD_END if view.ended else view.checkpoint,
+        "IteratorAgeSeconds": view.iterator_age_seconds,
+        "ParentShardIds": list(view.parents),
+    }
+
+
+def _shard_line(view: shard_leases.ShardView) -> str:
+    """`shardId-000000000001  owner host-1a2b  checkpoint 4959...  iterator age 0.4 s`."""
+    checkpoint = shard_leases.SHARD_END if view.ended else (view.checkpoint or "-")
+    age = "-" if view.iterator_age_seconds is None else f"{view.iterator_age_seconds:.1f} s"
+    return f"{view.shard_id}  owner {view.owner or '-'}  checkpoint {checkpoint}  iterator age {age}"
+
+
+def mapping_status(config_path: str | None, config: Config, redis: Redis) -> list[dict[str, Any]]:
+    """Each mapping's state for `headwater status`: how long it has been in it, and its last result."""
+    config = with_stored_mappings(config, redis)
+    now = time.time()
+    rows = []
+    for mapping, stored, modified in _stored(config_path, config, redis):
+        shown = describe(mapping, config, stored, modified)
+        rows.append(
+            {
+                "UUID": mapping.uuid,
+                "FunctionName": mapping.function_name,
+                "EventSource": source_of(mapping),
+                "State": shown["State"],
+                "StateTransitionReason": shown["StateTransitionReason"],
+                "SecondsInState": round(max(0.0, now - shown["LastModified"]), 1),
+                "LastProcessingResult": shown.get("LastProcessingResult"),
+            }
+        )
+    return rows
+
+
+def source_of(mapping: EventSourceMapping) -> str:
+    """What a mapping reads: its source's ARN, or a self-managed Kafka mapping's topics."""
+    return mapping.event_source_arn or ",".join(mapping.topics or [])
+
+
+def _stored(
+    config_path: str | None, config: Config, redis: Redis
+) -> list[tuple[EventSourceMapping, dict[str, str], float]]:
+    """Each mapping with its Redis record and the configuration file's time (LastModified until a
+    poller has written one)."""
     path = config_path or os.environ.get("HEADWATER_CONFIG", "")
     modified = Path(path).stat().st_mtime if path else time.time()
-    redis = Redis.from_url(redis_url, socket_timeout=5)
-    try:
-        stored = read_states(redis, config)
-    except RedisError as error:
-        raise HeadwaterError(f"cannot read mapping states from Redis at {redis_url}: {error}") from None
-    finally:
-        redis.close()
-    described = [describe(m, config, stored[m.uuid], modified) for m in config.event_source_mappings]
-    if as_json:
-        print(json.dumps({"EventSourceMappings": described}, indent=2))
-        return
-    print(f"{'UUID':36}  {'STATE':9}  {'FUNCTION':20}  EVENT SOURCE / REASON")
-    for mapping, shown in zip(config.event_source_mappings, described, strict=True):
-        source = mapping.event_source_arn or ",".join(mapping.topics or [])
-        print(f"{mapping.uuid:36}  {shown['State']:9}  {mapping.function_name:20}  {source}")
-        print(f"{'':36}  {'':9}  {'':20}  {shown['StateTransitionReason']}")
+    stored = read_states(redis, config)
+    return [(mapping, stored[mapping.uuid], modified) for mapping in config.event_source_mappings]
 
 
 def read_states(redis: Redis, config: Config) -> dict[str, dict[str, str]]:

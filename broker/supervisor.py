@@ -9,6 +9,12 @@ SIGHUP re-reads the configuration file: a new mapping starts, a mapping turned `
 stops polling once its in-flight batches settle (`Disabling` → `Disabled`), a changed mapping (or
 a change to its function) is drained and started again, a removed one is drained and forgotten.
 A file that no longer validates is reported and ignored; the running mappings carry on.
+
+Mappings created through the API (`broker.mapping_store`) run beside the file's, the file winning
+any clash of UUID or identity. No signal is needed for them: every few seconds the store's
+generation counter is read (one GET), and when it moved the stored mappings are re-read and
+applied exactly as a reload applies the file's. If Redis cannot be read, the last stored mappings
+read keep running and the next check tries again.
 """
 
 from __future__ import annotations
@@ -24,21 +30,24 @@ import aioboto3
 from prometheus_client import REGISTRY
 from redis import Redis
 from redis import asyncio as redis_async
+from redis.exceptions import RedisError
 
-from broker import metrics
+from broker import connection, metrics
 from broker.config import Config, load_config
 from broker.destinations.base import DeliveryContext
 from broker.errors import ConfigError
 from broker.logs import get_logger
 from broker.mapping import EventSourceMapping
 from broker.mapping_runner import MappingRunner, Services
-from broker.mapping_state import MappingStates, State
+from broker.mapping_state import MappingStates, State, source_of
+from broker.mapping_store import MappingStore, StoredMapping, combined
 from broker.model import Invocation, InvocationType
 from broker.queue import InvocationQueue
 from broker.sender import Sender
 
 HEARTBEAT_SECONDS = 1.0
 STALLED_AFTER_SECONDS = 10.0
+STORE_CHECK_SECONDS = 2.0  # how often the stored mappings' generation is read: the API's changes apply this fast
 log = get_logger(__name__)
 
 
@@ -53,6 +62,11 @@ class Supervisor:
         self._disabled: set[str] = set()
         self._alive_at = time.monotonic()
         self._group: asyncio.TaskGroup | None = None
+        self._store_changed = asyncio.Event()
+        self._store: MappingStore | None = None
+        self._store_generation: int | None = None  # None: not read yet, or the last read failed
+        self._stored: dict[str, StoredMapping] = {}
+        self._file_config: Config | None = None
 
     def stop(self) -> None:
         if not self._stopping.is_set():
@@ -69,17 +83,22 @@ class Supervisor:
     async def run(self, metrics_port: int | None = None) -> None:
         """Run every enabled mapping until `stop()`; returns once all batches settled or were cut off."""
         config = load_config(self.config_path)
+        metrics.declare_build()
         server = metrics.serve(metrics_port, REGISTRY, self.healthy) if metrics_port is not None else None
         services, queue = self._open(config)
+        self._store = MappingStore(connection.connect(self.redis_url, socket_timeout=5))
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
                 heartbeat = group.create_task(self._heartbeat())
-                await self._apply(config, services)
+                await self._apply(await self._with_stored(config), services)
+                watcher = group.create_task(self._watch_store())
                 await self._serve(services)
+                watcher.cancel()
                 await self._drain()
                 heartbeat.cancel()
         finally:
+            self._store.redis.close()
             await services.sender.close()
             await services.redis.aclose()
             queue.redis.close()
@@ -112,14 +131,20 @@ class Supervisor:
 
     async def _serve(self, services: Services) -> None:
         while not self._stopping.is_set():
-            stopped = asyncio.ensure_future(self._stopping.wait())
-            reload = asyncio.ensure_future(self._reload.wait())
-            await asyncio.wait({stopped, reload}, return_when=asyncio.FIRST_COMPLETED)
-            stopped.cancel()
-            reload.cancel()
-            if self._reload.is_set() and not self._stopping.is_set():
+            events = (self._stopping, self._reload, self._store_changed)
+            waits = {asyncio.ensure_future(event.wait()) for event in events}
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for wait in waits:
+                wait.cancel()
+            if self._stopping.is_set():
+                break
+            if self._reload.is_set():
                 self._reload.clear()
+                self._store_changed.clear()
                 await self._reload_config(services)
+            elif self._store_changed.is_set():
+                self._store_changed.clear()
+                await self._apply_stored(services)
 
     async def _reload_config(self, services: Services) -> None:
         try:
@@ -130,7 +155,47 @@ class Supervisor:
             log.error("configuration reload refused; keeping the running mappings", error=config.message)
             return
         log.info("configuration reloaded", mappings=len(config.event_source_mappings))
-        await self._apply(config, services)
+        await self._apply(await self._with_stored(config), services)
+
+    async def _with_stored(self, config: Config) -> Config:
+        """The file's `config` with the stored mappings added (the last ones read if Redis is away)."""
+        self._file_config = config
+        assert self._store is not None, "the store is opened by run()"
+        store = self._store
+        try:
+            generation = await asyncio.to_thread(store.generation)
+            self._stored = await asyncio.to_thread(store.load)
+        except RedisError as error:
+            log.warning("cannot read the stored mappings; the last ones read keep running", error=str(error))
+            self._store_generation = None
+        else:
+            self._store_generation = generation
+        return combined(config, self._stored)
+
+    async def _apply_stored(self, services: Services) -> None:
+        """The stored mappings changed (through the API): apply them with the file's last config."""
+        assert self._file_config is not None, "run() applies the file first"
+        config = await self._with_stored(self._file_config)
+        log.info("stored event source mappings changed", mappings=len(self._stored))
+        try:
+            await self._apply(config, services)
+        except RedisError as error:
+            log.warning("could not apply the stored mappings; retrying at the next check", error=str(error))
+            self._store_generation = None
+
+    async def _watch_store(self) -> None:
+        """Every few seconds, one GET: has any mapping been created, changed or deleted?"""
+        assert self._store is not None, "the store is opened by run()"
+        store = self._store
+        while True:
+            await asyncio.sleep(STORE_CHECK_SECONDS)
+            try:
+                generation = await asyncio.to_thread(store.generation)
+            except RedisError as error:
+                log.warning("cannot check the stored mappings; retrying", error=str(error))
+                continue
+            if generation != self._store_generation:
+                self._store_changed.set()
 
     async def _apply(self, config: Config, services: Services) -> None:
         """Make the running pollers match `config`."""
@@ -168,6 +233,8 @@ class Supervisor:
         function = config.function(mapping.function_name)
         assert function is not None, "the configuration model checks every mapping's FunctionName"
         runner = MappingRunner(mapping, function, services)
+        metrics.forget_mapping(mapping.uuid)  # a changed mapping may have a new function or source
+        metrics.declare_mapping(mapping.uuid, mapping.function_name, mapping.source_kind, source_of(mapping))
         task = self._spawn(self._run_after(previous, runner))
         self._runners[mapping.uuid] = (runner, task)
         task.add_done_callback(lambda done: self._forget_runner(mapping.uuid, done))
@@ -187,6 +254,7 @@ class Supervisor:
     async def _forget(runner: MappingRunner, task: asyncio.Task[None], services: Services) -> None:
         await asyncio.wait({task})
         await services.states.forget(runner.mapping)
+        metrics.forget_mapping(runner.mapping.uuid)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         assert self._group is not None, "tasks are spawned only while run() holds the task group"

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from broker import backoff, metrics
 from broker.concurrency import ConcurrencyLimiter
 from broker.config import Config, Function
+from broker.function_overrides import OverridesView
 from broker.logs import bind_invocation, get_logger
 from broker.model import Condition, Invocation, InvocationType, Outcome, Result, Status
 from broker.queue import Claim
@@ -39,12 +40,23 @@ class Followup:
 
 
 class Invoker:
-    def __init__(self, config: Config, limiter: ConcurrencyLimiter, runtime: Runtime, router: OutcomeRouter) -> None:
+    """Runs jobs of the functions in `config`, with the settings stored through the API (reserved
+    concurrency, EventInvokeConfig) in place of the file's when `overrides` holds some."""
+
+    def __init__(
+        self,
+        config: Config,
+        limiter: ConcurrencyLimiter,
+        runtime: Runtime,
+        router: OutcomeRouter,
+        overrides: OverridesView | None = None,
+    ) -> None:
         self.config = config
         self.settings = config.headwater
         self._limiter = limiter
         self._runtime = runtime
         self._router = router
+        self._overrides = overrides
 
     def handle(self, claim: Claim, should_abort: Callable[[], bool]) -> Followup:
         invocation = claim.invocation
@@ -52,6 +64,8 @@ class Invoker:
             function = self.config.function(invocation.function_name)
             if function is None:
                 return self._unknown_function(invocation)
+            if self._overrides is not None:
+                function = self._overrides.apply(function)
             if invocation.outcome is not None:
                 return self._deliver(function, invocation)
             if invocation.invocation_type is InvocationType.EVENT:

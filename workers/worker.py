@@ -31,6 +31,7 @@ from broker.backoff import Backoff
 from broker.concurrency import ConcurrencyLimiter
 from broker.config import Config
 from broker.errors import StoreUnavailable
+from broker.function_overrides import FunctionOverrides, OverridesView
 from broker.logs import get_logger
 from broker.model import InvocationType
 from broker.queue import Claim, InvocationQueue
@@ -77,7 +78,8 @@ class Worker:
 
         self._runtime = Runtime(arn, uuid.uuid4().hex, settings.sandbox_environment_pass_through)
         router = OutcomeRouter(self._deliveries.send, arn)
-        self._invoker = Invoker(config, ConcurrencyLimiter(self.redis), self._runtime, router)
+        overrides = OverridesView(FunctionOverrides(self.redis))  # settings put through the API, ~1 s fresh
+        self._invoker = Invoker(config, ConcurrencyLimiter(self.redis), self._runtime, router, overrides)
         self._stop_requested_at: float | None = None
         self._busy = False
         self._stopped = threading.Event()
@@ -260,7 +262,7 @@ class Worker:
         log.warning("Redis unavailable; retrying", operation=operation, error=f"{type(error).__name__}: {error}")
 
     def _renew_lease(self) -> bool:
-        lease = self.queue.heartbeat(self.id)
+        lease = self.queue.heartbeat(self.id, self.function_names)
         if lease.graced:
             log.warning("Redis was away: every worker's lease got a grace period", leases=lease.graced)
         if not lease.renewed and self._registered:

@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 
 from broker import records
 from broker.api import errors, names
+from broker.api.function_settings import reserved_concurrency
 from broker.api.operation import Call, Operation
 from broker.config import Function
 
@@ -78,8 +79,9 @@ async def list_functions(call: Call) -> Response:
 async def get_function(call: Call) -> Response:
     ref, function = _resolved(call)
     body: dict[str, Any] = {"Configuration": configuration(call, function, ref.qualifier)}
-    if function.reserved_concurrent_executions is not None:
-        body["Concurrency"] = {"ReservedConcurrentExecutions": function.reserved_concurrent_executions}
+    reserved = await reserved_concurrency(call, function)  # the API's value, else the file's
+    if reserved is not None:
+        body["Concurrency"] = {"ReservedConcurrentExecutions": reserved}
     return JSONResponse(body)
 
 

@@ -15,6 +15,7 @@ import json
 import time
 
 import anyio
+from redis import Redis
 from redis.exceptions import RedisError
 from starlette.responses import Response
 
@@ -22,8 +23,9 @@ from broker import keys, metrics, payload
 from broker.api import errors, names
 from broker.api.operation import Call, Operation
 from broker.client import QUEUE_WAIT_ALLOWANCE_SECONDS, Client
-from broker.config import Function
+from broker.config import Config, Function
 from broker.errors import TooManyRequests
+from broker.function_overrides import FunctionOverrides, OverridesView
 from broker.logs import get_logger
 from broker.model import Invocation, InvocationType, Result, Status
 
@@ -34,12 +36,17 @@ log = get_logger(__name__)
 
 
 class ApiClient(Client):
-    """The Python client, plus the one step the API needs on its own: storing a synchronous
-    invocation without waiting for it, so the wait happens on the event loop."""
+    """The Python client, plus what the API needs on its own: storing a synchronous invocation
+    without waiting for it, so the wait happens on the event loop; and the functions' settings
+    stored through the API (`overrides`), so a reserved concurrency of 0 is refused here at once."""
+
+    def __init__(self, config: Config, redis: Redis | str) -> None:
+        super().__init__(config, redis)
+        self.overrides = OverridesView(FunctionOverrides(self.redis))
 
     def submit(self, function: Function, text: str, client_context: str | None, tail_log: bool) -> Invocation:
         name = function.function_name
-        if function.reserved_concurrent_executions == 0:
+        if self.overrides.apply(function).reserved_concurrent_executions == 0:
             metrics.THROTTLES.labels(name, "function_limit").inc()
             raise TooManyRequests("Rate Exceeded.", "ReservedFunctionConcurrentInvocationLimitExceeded")
         invocation = Invocation(

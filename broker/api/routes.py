@@ -7,10 +7,12 @@ has and Headwater does not (yet).
 
 from __future__ import annotations
 
-from broker.api import functions, invoke
+from broker.api import event_source_mappings, function_settings, functions, invoke
 from broker.api.operation import Operation
 
 OPERATIONS: tuple[Operation, ...] = (
     *invoke.OPERATIONS,
     *functions.OPERATIONS,
+    *event_source_mappings.OPERATIONS,
+    *function_settings.OPERATIONS,
 )

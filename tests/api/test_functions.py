@@ -62,6 +62,6 @@ def test_bad_list_parameters_are_refused(api: ApiStack) -> None:
 def test_operations_not_served_are_unknown(api: ApiStack) -> None:
     client = api.client()
     with pytest.raises(ClientError) as raised:
-        client.list_event_source_mappings()
+        client.get_account_settings()
     assert raised.value.response["Error"]["Code"] == "UnknownOperationException"
     assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
