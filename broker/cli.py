@@ -173,6 +173,7 @@ def _status(args: argparse.Namespace) -> int:
             "Running": queue.running[name],
             "ScheduledRetries": queue.scheduled[name],
             "Quarantined": queue.quarantined[name],
+            "Workers": queue.workers_serving[name],
         }
         for name in names
     ]
@@ -185,11 +186,11 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _print_status(functions: list[dict[str, Any]], workers: dict[str, int], mapping_rows: list[dict[str, Any]]) -> None:
-    print(f"{'FUNCTION':24}  {'QUEUED':>8}  {'RUNNING':>8}  {'SCHEDULED':>9}  {'QUARANTINED':>11}")
+    print(f"{'FUNCTION':24}  {'QUEUED':>8}  {'RUNNING':>8}  {'SCHEDULED':>9}  {'QUARANTINED':>11}  {'WORKERS':>7}")
     for row in functions:
         print(
             f"{row['FunctionName']:24}  {row['Queued']:>8}  {row['Running']:>8}  "
-            f"{row['ScheduledRetries']:>9}  {row['Quarantined']:>11}"
+            f"{row['ScheduledRetries']:>9}  {row['Quarantined']:>11}  {row['Workers']:>7}"
         )
     print(f"\nworkers alive: {workers['Alive']}  (lease expired, jobs not yet handed back: {workers['LeaseExpired']})")
     if mapping_rows:

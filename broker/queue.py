@@ -128,6 +128,7 @@ class QueueStatus:
     quarantined: dict[str, int]
     workers_alive: int
     workers_expired: int
+    workers_serving: dict[str, int]  # live workers per function (a worker may serve several)
 
 
 class InvocationQueue:
@@ -201,21 +202,24 @@ class InvocationQueue:
         pipe.zrange(keys.WORKERS, 0, -1, withscores=True)
         pipe.zrange(keys.SCHEDULED, 0, -1)
         pipe.hvals(keys.QUARANTINE)
+        pipe.hgetall(keys.WORKER_FUNCTIONS)
         pipe.time()
-        *lengths, workers, scheduled, quarantined, (seconds, micros) = pipe.execute()
+        *lengths, workers, scheduled, quarantined, served, (seconds, micros) = pipe.execute()
         holding = self.redis.pipeline(transaction=False)
         for worker_id, _ in workers:
             holding.lrange(keys.processing(_text(worker_id)), 0, -1)
         held = [entry for entries in holding.execute() for entry in entries]
         now_ms = seconds * 1000 + micros // 1000
-        alive = sum(1 for _, deadline in workers if deadline > now_ms)
+        live = [_text(worker_id) for worker_id, deadline in workers if deadline > now_ms]
+        serving = [_text(served.get(worker_id.encode(), b"")).split("\t") for worker_id in live]
         return QueueStatus(
             queued=dict(zip(function_names, (int(n) for n in lengths), strict=True)),
             running=_count_by_function(function_names, (keys.split_entry(_text(e))[0] for e in held)),
             scheduled=_count_by_function(function_names, (keys.split_entry(_text(e))[0] for e in scheduled)),
             quarantined=_count_by_function(function_names, (str(_reason(d).get("queue", "")) for d in quarantined)),
-            workers_alive=alive,
-            workers_expired=len(workers) - alive,
+            workers_alive=len(live),
+            workers_expired=len(workers) - len(live),
+            workers_serving={name: sum(name in names for names in serving) for name in function_names},
         )
 
     # -- results for waiting callers ------------------------------------------------------------
@@ -331,21 +335,30 @@ class InvocationQueue:
     def promote_due(self) -> int:
         return int(cast(int, self._run("PROMOTE", [keys.SCHEDULED], [])))
 
-    def heartbeat(self, worker_id: str) -> Lease:
+    def heartbeat(self, worker_id: str, function_names: list[str] | tuple[str, ...] = ()) -> Lease:
+        """Renew the worker's lease; on its first beat it also records the functions it serves."""
+        ttl_ms, outage_ms, _ = self._lease_args()
         renewed, graced = cast(
-            list[int], self._run("HEARTBEAT", [keys.WORKERS, keys.CLOCK], [worker_id, *self._lease_args()[:2]])
+            list[int],
+            self._run(
+                "HEARTBEAT",
+                [keys.WORKERS, keys.CLOCK, keys.WORKER_FUNCTIONS],
+                [worker_id, ttl_ms, outage_ms, "\t".join(function_names)],
+            ),
         )
         return Lease(bool(renewed), int(graced))
 
     def retire(self, worker_id: str) -> None:
-        self.redis.zrem(keys.WORKERS, worker_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zrem(keys.WORKERS, worker_id)
+        pipe.hdel(keys.WORKER_FUNCTIONS, worker_id)
+        pipe.execute()
 
     def recover_dead_workers(self) -> int:
         """Hand back the jobs of every worker whose lease lapsed; safe to run from many places."""
         outage_ms, grace_ms = self._lease_args()[1:]
-        return int(
-            cast(int, self._run("RECOVER", [keys.WORKERS, keys.CLOCK], [keys.PROCESSING_PREFIX, outage_ms, grace_ms]))
-        )
+        recover_keys = [keys.WORKERS, keys.CLOCK, keys.WORKER_FUNCTIONS]
+        return int(cast(int, self._run("RECOVER", recover_keys, [keys.PROCESSING_PREFIX, outage_ms, grace_ms])))
 
     # -- internals ----------------------------------------------------------------------------------
     def _lease_args(self) -> tuple[int, int, int]:

@@ -205,10 +205,10 @@ return 1
 """
 )
 
-# KEYS[1] workers zset, KEYS[2] clock. ARGV: worker id, ttl ms, outage ms.
-# Renews the lease on Redis's clock. Returns {renewed, granted}: renewed 0 means the worker held no
-# lease (first beat, or its lease lapsed and its jobs were handed back); granted counts the leases
-# extended because Redis had been away.
+# KEYS[1] workers zset, KEYS[2] clock, KEYS[3] worker functions hash. ARGV: worker id, ttl ms,
+# outage ms, the functions it serves (tab-separated). Renews the lease on Redis's clock. Returns
+# {renewed, granted}: renewed 0 means the worker held no lease (first beat, or its lease lapsed and
+# its jobs were handed back); granted counts the leases extended because Redis had been away.
 HEARTBEAT = (
     PRELUDE
     + """
@@ -216,12 +216,16 @@ local now = now_ms()
 local ttl = tonumber(ARGV[2])
 local granted = observe_clock(KEYS[1], KEYS[2], now, tonumber(ARGV[3]), ttl)
 local renewed = 1
-if redis.call('ZADD', KEYS[1], now + ttl, ARGV[1]) == 1 then renewed = 0 end
+if redis.call('ZADD', KEYS[1], now + ttl, ARGV[1]) == 1 then
+  renewed = 0
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+end
 return {renewed, granted}
 """
 )
 
-# KEYS[1] workers zset, KEYS[2] clock. ARGV: processing key prefix, outage ms, grace ms.
+# KEYS[1] workers zset, KEYS[2] clock, KEYS[3] worker functions hash. ARGV: processing key prefix,
+# outage ms, grace ms.
 # One atomic step per call: forget every worker whose lease lapsed and hand its jobs back, so a
 # recoverer that dies or is refused halfway strands nothing.
 RECOVER = (
@@ -233,6 +237,7 @@ local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - 1, 'LIMIT', 0, 1
 local recovered = 0
 for _, worker in ipairs(dead) do
   redis.call('ZREM', KEYS[1], worker)
+  redis.call('HDEL', KEYS[3], worker)
   recovered = recovered + hand_back(ARGV[1] .. worker)
 end
 return recovered

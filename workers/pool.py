@@ -263,7 +263,12 @@ class Pool:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=self._metrics_directory)  # type: ignore[no-untyped-call]
         queue = InvocationQueue(connect(self.redis_url, socket_timeout=2))
-        registry.register(metrics.QueueDepthCollector(lambda: queue.depths(self.function_names), queue.quarantine_size))
+
+        def figures() -> metrics.QueueFigures:
+            status = queue.status(self.function_names)
+            return metrics.QueueFigures(status.queued, status.running, status.scheduled, queue.quarantine_size())
+
+        registry.register(metrics.QueueCollector(figures))
         registry.register(metrics.PoolCollector(lambda: self._restarts))
         assert self.metrics_port is not None
         server = metrics.serve(self.metrics_port, registry, self.healthy)

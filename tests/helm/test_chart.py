@@ -33,6 +33,8 @@ KUBE_VERSION = "1.30.0"
 
 # The metric names the processes expose (the contract the rules and dashboards are written against).
 CONTRACT_METRICS = {
+    "headwater_jobs_running",
+    "headwater_jobs_scheduled",
     "headwater_invocations_total",
     "headwater_invocation_errors_total",
     "headwater_throttles_total",

@@ -82,9 +82,10 @@ def test_status_counts_every_place_a_job_can_be_and_each_mappings_state(make_sta
     assert slow["Running"] + slow["Queued"] == 3  # the rest queued or claimed ahead
     assert (slow["ScheduledRetries"], slow["Quarantined"]) == (0, 0)
     assert functions == {
-        "failing": {"Queued": 0, "Running": 0, "ScheduledRetries": 1, "Quarantined": 0},
-        "poisoned": {"Queued": 0, "Running": 0, "ScheduledRetries": 0, "Quarantined": 1},
+        "failing": {"Queued": 0, "Running": 0, "ScheduledRetries": 1, "Quarantined": 0, "Workers": 1},
+        "poisoned": {"Queued": 0, "Running": 0, "ScheduledRetries": 0, "Quarantined": 1, "Workers": 1},
     }
+    assert slow["Workers"] == 1
     assert answer["Workers"] == {"Alive": 1, "LeaseExpired": 0}
     mappings = {row["UUID"]: row for row in answer["EventSourceMappings"]}
     kafka, sqs = mappings[KAFKA_MAPPING["UUID"]], mappings[SQS_MAPPING["UUID"]]
@@ -110,8 +111,8 @@ def test_status_and_mappings_tables_show_the_last_processing_result(make_stack: 
 
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
-    assert lines[0].split() == ["FUNCTION", "QUEUED", "RUNNING", "SCHEDULED", "QUARANTINED"]
-    assert lines[1].split() == ["slow", "0", "0", "0", "0"]
+    assert lines[0].split() == ["FUNCTION", "QUEUED", "RUNNING", "SCHEDULED", "QUARANTINED", "WORKERS"]
+    assert lines[1].split() == ["slow", "0", "0", "0", "0", "0"]
     assert "workers alive: 0" in table.stdout
     kafka_row = next(line for line in lines if line.startswith(KAFKA_MAPPING["UUID"]))
     assert kafka_row.split()[1:3] == ["slow", "Creating"]
