@@ -14,6 +14,7 @@ from typing import TypeVar
 import pytest
 
 from tests.rig import (
+    ElasticMQServer,
     KafkaBroker,
     MotoServer,
     RedisServer,
@@ -22,7 +23,7 @@ from tests.rig import (
 from tests.rig import aws_env as moto_aws_env
 
 _AMBIENT_AWS = frozenset({"AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"})
-_Service = TypeVar("_Service", RedisServer, MotoServer, KafkaBroker)
+_Service = TypeVar("_Service", RedisServer, MotoServer, KafkaBroker, ElasticMQServer)
 
 
 def _start_or_fail(service: _Service) -> _Service:
@@ -89,3 +90,11 @@ def kafka_broker() -> Iterator[KafkaBroker]:
     broker = _start_or_fail(KafkaBroker())
     yield broker
     broker.close()
+
+
+@pytest.fixture(scope="session")
+def elasticmq_server() -> Iterator[ElasticMQServer]:
+    """The session's ElasticMQ (SQS in memory, a few seconds to start), started on first use."""
+    server = _start_or_fail(ElasticMQServer())
+    yield server
+    server.close()

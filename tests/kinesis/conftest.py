@@ -64,7 +64,7 @@ def kinesis_workers(kinesis_redis: RedisServer, moto_server: MotoServer) -> Iter
     deadline = time.monotonic() + 30
     while redis.zcard(keys.WORKERS) < WORKER_PROCESSES:
         if time.monotonic() > deadline or not pool.running:
-            pytest.fail(f"the worker pool did not start:\n{pool.tail()}", pytrace=False)
+            pytest.fail(f"the worker pool did not start:\n{pool.describe_log()}", pytrace=False)
         time.sleep(0.05)
     redis.close()
     yield pool
@@ -97,7 +97,7 @@ async def stack(
     running = Stack(kinesis_redis.url, tmp_path, env)
     yield running
     await running.close()
-    assert kinesis_workers.running, f"the worker pool died:\n{kinesis_workers.tail()}"
+    assert kinesis_workers.running, f"the worker pool died:\n{kinesis_workers.describe_log()}"
 
 
 @pytest.fixture

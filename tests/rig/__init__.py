@@ -1,5 +1,5 @@
-"""Real services for the test suite: Redis, moto (AWS) and Kafka on loopback, plus the
-fault-injection rigs: Redis Sentinel (a primary, a replica, three Sentinels) and Toxiproxy.
+"""Real services for the test suite: Redis, moto (AWS), ElasticMQ (SQS), kinesalite (Kinesis) and
+Kafka on loopback, plus the fault-injection rigs: Redis Sentinel (a primary, a replica, three Sentinels) and Toxiproxy.
 
 Each rig starts a real server as a child process on a free 127.0.0.1 port
 with its own temp dir, waits until it actually serves requests, and cleans
@@ -17,7 +17,9 @@ from .common import (
     free_port,
     free_ports,
 )
+from .elasticmq import ElasticMQServer, elasticmq_libs_dir
 from .kafka import KafkaBroker, kafka_libs_dir
+from .kinesalite import KinesaliteServer, kinesalite_dir
 from .moto import MotoServer, aws_env
 from .redis import RedisServer
 from .sentinel import SentinelGroup, SentinelServer
@@ -25,7 +27,9 @@ from .toxiproxy import Latency, Proxy, ResetPeer, Timeout, ToxiproxyClient, Toxi
 
 __all__ = [
     "INSTALL_COMMAND",
+    "ElasticMQServer",
     "KafkaBroker",
+    "KinesaliteServer",
     "Latency",
     "MotoServer",
     "PortInUseError",
@@ -43,7 +47,9 @@ __all__ = [
     "ToxiproxyServer",
     "aws_env",
     "cache_dir",
+    "elasticmq_libs_dir",
     "free_port",
     "free_ports",
     "kafka_libs_dir",
+    "kinesalite_dir",
 ]

@@ -1,5 +1,5 @@
 """Fixtures for the event source tests: one real worker pool for the session, a `Stack` per test,
-and the SQS harness (queues on the moto server, over HTTP)."""
+and the SQS harness (queues over HTTP on the moto server or on ElasticMQ: `sqs_service`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import pytest
 import yaml
 from redis import Redis
 
-from tests.rig import MotoServer, RedisServer
+from tests.rig import ElasticMQServer, MotoServer, RedisServer
 from tests.rig.common import ManagedProcess, make_workdir, remove_workdir
 from tests.sources.contract import REPO_ROOT, Stack, functions
 
@@ -45,7 +46,7 @@ def worker_pool(redis_server: RedisServer, moto_server: MotoServer) -> Iterator[
     deadline = time.monotonic() + 30
     while redis.zcard("headwater:workers") < WORKER_PROCESSES:
         if time.monotonic() > deadline or not pool.running:
-            pytest.fail(f"the worker pool did not start:\n{pool.tail()}", pytrace=False)
+            pytest.fail(f"the worker pool did not start:\n{pool.describe_log()}", pytrace=False)
         time.sleep(0.05)
     redis.close()
     yield pool
@@ -54,35 +55,67 @@ def worker_pool(redis_server: RedisServer, moto_server: MotoServer) -> Iterator[
 
 
 @pytest.fixture
-async def stack(
-    redis_url: str, aws_env: dict[str, str], worker_pool: ManagedProcess, tmp_path: Path
-) -> AsyncIterator[Stack]:
-    env = {**os.environ, **aws_env, "HEADWATER_REDIS_URL": redis_url, "PYTHONPATH": str(REPO_ROOT)}
-    running = Stack(redis_url, tmp_path, env)
-    yield running
-    await running.close()
-    assert worker_pool.running, f"the worker pool died:\n{worker_pool.tail()}"
+def source_env(aws_env: dict[str, str]) -> dict[str, str]:
+    """The AWS variables the stack's pollers run with; test_sqs.py overrides it with `sqs_service`'s."""
+    return aws_env
 
 
 @pytest.fixture
-async def sqs(aws_env: dict[str, str]) -> AsyncIterator[Any]:
-    async with aioboto3.Session().client("sqs") as client:
+async def stack(
+    redis_url: str, source_env: dict[str, str], worker_pool: ManagedProcess, tmp_path: Path
+) -> AsyncIterator[Stack]:
+    env = {**os.environ, **source_env, "HEADWATER_REDIS_URL": redis_url, "PYTHONPATH": str(REPO_ROOT)}
+    running = Stack(redis_url, tmp_path, env)
+    yield running
+    await running.close()
+    assert worker_pool.running, f"the worker pool died:\n{worker_pool.describe_log()}"
+
+
+@dataclass(frozen=True)
+class SqsService:
+    """The SQS server a test's queues live on, and the AWS variables that send SDKs (only SQS's) there."""
+
+    name: str  # "moto" or "elasticmq"
+    endpoint_url: str
+    env: dict[str, str]
+
+
+@pytest.fixture(params=["moto", "elasticmq"])
+def sqs_service(request: pytest.FixtureRequest, aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> SqsService:
+    """Each SQS test runs on moto and on ElasticMQ, emptied for the test.
+
+    moto is what the rest of the suite's AWS calls use; ElasticMQ is a real queue with SQS's
+    semantics and speed. Only SQS moves (``AWS_ENDPOINT_URL_SQS``): anything else stays on moto.
+    ElasticMQ is requested lazily, so a run filtered to moto never starts it.
+    """
+    if request.param == "moto":
+        return SqsService("moto", aws_env["AWS_ENDPOINT_URL"], aws_env)
+    server: ElasticMQServer = request.getfixturevalue("elasticmq_server")
+    server.reset()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", server.endpoint_url)
+    return SqsService("elasticmq", server.endpoint_url, {**aws_env, "AWS_ENDPOINT_URL_SQS": server.endpoint_url})
+
+
+@pytest.fixture
+async def sqs(sqs_service: SqsService) -> AsyncIterator[Any]:
+    async with aioboto3.Session().client("sqs", endpoint_url=sqs_service.endpoint_url) as client:
         yield client
 
 
 class SqsHarness:
-    """The contract's view of SQS: a fresh queue per test on the moto server."""
+    """The contract's view of SQS: a fresh queue per test on `service` (moto or ElasticMQ)."""
 
     redelivery_seconds = VISIBILITY_TIMEOUT_SECONDS + 1
     retries_after_failure_in_place = False
-    # Real SQS hands a FIFO group back from its oldest message. moto 5.2.1 does not: when several
-    # messages of a group become visible together, its receive skips each one while another of the
-    # group is still marked pending, so the *last* comes out first. The broker's part (the later
-    # messages are not deleted, first deliveries are in order) is still checked.
-    redelivers_in_order = False
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, service: str) -> None:
         self.client = client
+        self.service = service
+        # Real SQS hands a FIFO group back from its oldest message, and so does ElasticMQ. moto 5.2.1
+        # does not: when several messages of a group become visible together, its receive skips each
+        # one while another of the group is still marked pending, so the *last* comes out first. On
+        # moto the broker's part (later messages not deleted, first deliveries in order) is still checked.
+        self.redelivers_in_order = service != "moto"
         self.url = ""
         self.arn = ""
 
@@ -155,5 +188,5 @@ def _md5(text: str) -> str:
 
 
 @pytest.fixture
-async def harness(sqs: Any) -> SqsHarness:
-    return SqsHarness(sqs)
+async def harness(sqs: Any, sqs_service: SqsService) -> SqsHarness:
+    return SqsHarness(sqs, sqs_service.name)

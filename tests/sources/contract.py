@@ -273,6 +273,11 @@ class SourceContract:
         poller = stack.spawn_poller([harness.mapping()], grace_seconds=20)
         await stack.wait_for(lambda: stack.started(ns), what="the handler to start")
         kill(poller, signal.SIGTERM)
+        # Records sent before the poller acts on the signal may rightly be read: wait until it has.
+        await stack.wait_for(
+            lambda: "stopping: no new reads" in poller.log_path.read_text(errors="replace"),
+            what="the poller to stop reading",
+        )
         await harness.send(bodies(ns, 2, prefix="late"))
         await asyncio.sleep(0.5)
         assert poller.running, "the poller waits for its in-flight batch"

@@ -1,4 +1,6 @@
-"""SQS event source mappings against moto's server over HTTP, with a real worker pool.
+"""SQS event source mappings over HTTP, with a real worker pool, each test on two servers: moto
+and ElasticMQ (`sqs_service` in conftest). Where they differ from each other, the harness says which
+one matches SQS.
 
 The shared contract runs first; then what only SQS has: message attributes and FIFO fields in the
 event, the queue's own redrive policy, Lambda's batching limits, message groups, visibility kept
@@ -19,8 +21,14 @@ from prometheus_client import REGISTRY
 from broker import keys
 from broker.mapping import EventSourceMapping
 from broker.payload import REQUEST_RESPONSE_LIMIT_BYTES
-from tests.sources.conftest import SqsHarness
+from tests.sources.conftest import SqsHarness, SqsService
 from tests.sources.contract import REPO_ROOT, SourceContract, Stack, bodies
+
+
+@pytest.fixture
+def source_env(sqs_service: SqsService) -> dict[str, str]:
+    """The stack's pollers (in-process and spawned) talk to the test's SQS server."""
+    return sqs_service.env
 
 
 class TestSqsContract(SourceContract):
@@ -150,6 +158,9 @@ async def test_message_groups_run_side_by_side_in_order(stack: Stack, harness: S
     assert overlapping, f"no two groups ran at the same time: {entries}"
 
 
+# A load test: it needs a queue that feeds a backlog fast enough, and moto (which scans its whole
+# queue per message) cannot build one in reasonable time; ElasticMQ does, as SQS does.
+@pytest.mark.parametrize("sqs_service", ["elasticmq"], indirect=True)
 async def test_a_backlog_with_a_short_visibility_timeout_runs_each_message_once(
     stack: Stack, harness: SqsHarness
 ) -> None:
@@ -175,6 +186,9 @@ async def test_a_backlog_with_a_short_visibility_timeout_runs_each_message_once(
     assert max(waits) > 1.0, f"batches never outlived the visibility timeout (max wait {max(waits):.2f} s)"
 
 
+# A load test: it needs a queue that feeds a backlog fast enough, and moto (which scans its whole
+# queue per message) cannot build one in reasonable time; ElasticMQ does, as SQS does.
+@pytest.mark.parametrize("sqs_service", ["elasticmq"], indirect=True)
 async def test_batches_waiting_longer_than_their_hold_are_kept_invisible(stack: Stack, harness: SqsHarness) -> None:
     """16 batches of 1.3 s on two workers: the last wait about 7 s, longer than the 5 s a receive
     holds a message. Only keep-alive extensions stop them from being received again, which would
@@ -220,20 +234,20 @@ async def test_disabled_and_refused_mappings_say_why(stack: Stack, harness: SqsH
     await harness.create(visibility_timeout=10)
     too_slow = harness.mapping("recorder-patient")
     missing = {"FunctionName": "recorder", "EventSourceArn": "arn:aws:sqs:us-east-1:123456789012:no-such-queue"}
-    kinesis = {"FunctionName": "recorder", "EventSourceArn": "arn:aws:kinesis:us-east-1:123456789012:stream/s",
-               "StartingPosition": "LATEST"}  # fmt: skip
-    mappings = [turned_off, too_slow, missing, kinesis]
+    stream_arn = "arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/2024-01-01T00:00:00.000"
+    no_poller = {"FunctionName": "recorder", "EventSourceArn": stream_arn, "StartingPosition": "LATEST"}
+    mappings = [turned_off, too_slow, missing, no_poller]
     await stack.start_poller(mappings)
     await stack.wait_for(lambda: all(state(stack, m).get("State") == "Disabled" for m in mappings), what="Disabled")
     assert state(stack, turned_off)["StateTransitionReason"] == "USER_INITIATED"
     refused = state(stack, too_slow)["StateTransitionReason"]
     assert "Queue visibility timeout: 10 seconds is less than Function timeout: 30 seconds" in refused
     assert "NonExistentQueue" in state(stack, missing)["StateTransitionReason"]
-    assert "no poller for Kinesis" in state(stack, kinesis)["StateTransitionReason"]
+    assert "no poller for DynamoDB Streams" in state(stack, no_poller)["StateTransitionReason"]
     listed = await _mappings_cli(stack)
     assert listed[uuid_of(turned_off)]["State"] == "Disabled"
     assert "LastProcessingResult" not in listed[uuid_of(turned_off)], "SQS mappings have none, as on Lambda"
-    assert "LastProcessingResult" in listed[uuid_of(kinesis)]
+    assert "LastProcessingResult" in listed[uuid_of(no_poller)]
     assert await harness.unacknowledged(off_url) == 2, "a disabled mapping reads nothing"
     assert stack.attempts(ns) == {}
 
