@@ -27,7 +27,7 @@ def start_pool_in_own_group(stack: Stack, processes: int) -> subprocess.Popen[by
         command, cwd=REPO_ROOT, env=stack.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     stack.pools.append(pool)
-    stack.wait_for(lambda: stack.redis.zcard("headwater:workers") >= processes)
+    stack.wait_for(lambda: len(stack.worker_pids()) >= processes)
     return pool
 
 

@@ -52,18 +52,18 @@ class Stack:
                    "--processes", str(processes), "--grace-seconds", str(grace_seconds), *extra]  # fmt: skip
         pool = subprocess.Popen(command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         self.pools.append(pool)
-        self.wait_for(
-            lambda: (
-                pool.poll() is None and self.redis.zcard("headwater:workers") >= processes * len(self.running_pools())
-            )
-        )
+        self.wait_for(lambda: pool.poll() is None and len(self.worker_pids(pool)) >= processes)
         return pool
 
     def running_pools(self) -> list[subprocess.Popen[bytes]]:
         return [pool for pool in self.pools if pool.poll() is None]
 
-    def worker_pids(self) -> list[int]:
-        return [int(member.decode().split(":")[1]) for member in self.redis.zrange("headwater:workers", 0, -1)]
+    def worker_pids(self, pool: subprocess.Popen[bytes] | None = None) -> list[int]:
+        """The registered workers of this stack's pools (or of one): other suites' session-wide pools
+        may share the session Redis, and their workers must not count here."""
+        parents = {pool.pid} if pool is not None else {running.pid for running in self.running_pools()}
+        registered = [int(member.decode().split(":")[1]) for member in self.redis.zrange("headwater:workers", 0, -1)]
+        return [pid for pid in registered if _parent_of(pid) in parents]
 
     def logs(self) -> str:
         return "".join(path.read_text(errors="replace") for path in sorted(self.directory.glob("pool-*.log")))
@@ -87,6 +87,14 @@ class Stack:
         for log in self._log_files:
             log.close()
         self.redis.close()
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
 
 
 def write_config(path: Path, functions: list[dict[str, Any]], settings: dict[str, Any] | None = None) -> Path:
