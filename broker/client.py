@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 
 from broker import connection, keys, metrics, payload, records
 from broker.config import Config, Function
-from broker.errors import FunctionNotFound, InvocationTimedOut, StoreUnavailable, TooManyRequests
+from broker.errors import FunctionNotFound, HeadwaterError, InvocationTimedOut, StoreUnavailable, TooManyRequests
 from broker.model import Invocation, InvocationType, Status
 from broker.queue import InvocationQueue
 
@@ -88,22 +88,26 @@ class Client:
         return InvokeResponse(200, result.request_id, result.payload, result.function_error, result.executed_version)
 
     def _enqueue(self, invocation: Invocation) -> None:
-        """Accept the invocation, or say plainly why not: a store refusing writes is a throttle
-        (retry later, as after any 429); an unreachable one is a 503 that may have stored it."""
         try:
             self.queue.enqueue(invocation)
         except RedisError as error:
-            if not connection.refuses_writes(error):
-                raise StoreUnavailable(
-                    f"Headwater's Redis did not answer ({type(error).__name__}); the invocation may not have "
-                    "been accepted; retry (handlers must be idempotent)"
-                ) from None
-            metrics.THROTTLES.labels(invocation.function_name, "store_refusing_writes").inc()
-            raise TooManyRequests(
-                f"Rate Exceeded. Headwater's Redis is refusing writes ({str(error).split('.')[0]}); "
-                "nothing was accepted; retry later",
-                "ConcurrentInvocationLimitExceeded",
-            ) from None
+            raise self.refusal(invocation, error) from None
+
+    def refusal(self, invocation: Invocation, error: RedisError) -> HeadwaterError:
+        """Why `invocation` was not accepted, said plainly: a store refusing writes is a throttle
+        (retry later, as after any 429); an unreachable one is a 503 that may have stored it.
+        Public for callers that enqueue through the queue themselves (the API batches `Event`s)."""
+        if not connection.refuses_writes(error):
+            return StoreUnavailable(
+                f"Headwater's Redis did not answer ({type(error).__name__}); the invocation may not have "
+                "been accepted; retry (handlers must be idempotent)"
+            )
+        metrics.THROTTLES.labels(invocation.function_name, "store_refusing_writes").inc()
+        return TooManyRequests(
+            f"Rate Exceeded. Headwater's Redis is refusing writes ({str(error).split('.')[0]}); "
+            "nothing was accepted; retry later",
+            "ConcurrentInvocationLimitExceeded",
+        )
 
     def _function(self, name: str) -> Function:
         function = self.config.function(name)

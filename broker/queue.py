@@ -32,11 +32,12 @@ import json
 import time
 import uuid
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 from redis import Redis
+from redis.exceptions import NoScriptError
 from rq import Queue
 from rq.serializers import JSONSerializer
 
@@ -175,6 +176,61 @@ class InvocationQueue:
                 f"within {self.durable_wait_timeout_ms} ms (Headwater.DurableReplicas); retry the call"
             )
         return job_id
+
+    def enqueue_many(self, invocations: Sequence[Invocation]) -> list[str | Exception]:
+        """Store several invocations in one round trip: a pipeline (not a transaction) of ENQUEUE calls.
+
+        For callers accepting many invocations at once (the API's concurrent `Event` requests), where a
+        round trip each would cost more than the writes. Each invocation is stored or not on its own:
+        the answer holds, in order, its job id or the error Redis gave for it (e.g. OOM). An error of
+        the connection itself raises, and any of them may have been stored. In durable mode one WAIT,
+        sent on the pipeline's own connection after the writes, covers them all; too few replicas makes
+        every stored one a `StoreUnavailable`, as `enqueue` would."""
+        prepared = [self._job_arguments(invocation, 0.0) for invocation in invocations]
+        if not prepared:
+            return []
+        answers, acknowledged = self._enqueue_pipeline([arguments for _, arguments in prepared])
+        outcomes: list[str | Exception] = []
+        for (job_id, _), answer in zip(prepared, answers, strict=True):
+            if isinstance(answer, Exception):
+                outcomes.append(answer)
+            elif acknowledged is not None and acknowledged < self.durable_replicas:
+                outcomes.append(
+                    StoreUnavailable(
+                        f"invocation {job_id} reached {acknowledged} of {self.durable_replicas} required replica(s) "
+                        f"within {self.durable_wait_timeout_ms} ms (Headwater.DurableReplicas); retry the call"
+                    )
+                )
+            else:
+                outcomes.append(job_id)
+        return outcomes
+
+    def _enqueue_pipeline(self, records: list[list[Any]]) -> tuple[list[Any], int | None]:
+        """`enqueue_many`'s round trip: each record's reply (or error), and how many replicas
+        acknowledged them (None unless durable). NOSCRIPT (Redis restarted or flushed its scripts)
+        ran nothing, so those records are sent once more after loading the script."""
+        script = self._scripts["ENQUEUE"]
+        answers: list[Any] = [None] * len(records)
+        acknowledged: int | None = None
+        pending = list(range(len(records)))
+        for attempt in range(2):
+            pipe = self.redis.pipeline(transaction=False)
+            for index in pending:
+                pipe.evalsha(script.sha, 0, *records[index])
+            if self.durable_replicas:  # on the pipeline's own connection: WAIT counts only its writes
+                pipe.wait(self.durable_replicas, self.durable_wait_timeout_ms)
+            replies = pipe.execute(raise_on_error=False)
+            if self.durable_replicas:
+                wait_reply = replies.pop()
+                reached = wait_reply if isinstance(wait_reply, int) else 0
+                acknowledged = reached if acknowledged is None else min(acknowledged, reached)
+            for index, reply in zip(pending, replies, strict=True):
+                answers[index] = reply
+            pending = [index for index in pending if isinstance(answers[index], NoScriptError)]
+            if not pending or attempt:
+                break
+            self.redis.script_load(script.script)
+        return answers, acknowledged
 
     def job_pending(self, job_id: str) -> bool:
         """Whether the job still exists and is not quarantined (its outcome may still come)."""

@@ -78,6 +78,9 @@ def run(options: ServerOptions) -> None:
             ssl_certfile=options.tls_cert,
             ssl_keyfile=options.tls_key,
             lifespan="on",
+            loop="uvloop",  # uvicorn[standard] installs both; named so a missing one fails at start, not slows
+            http="httptools",
+            proxy_headers=False,  # nothing reads the client's address; skip the per-request middleware
             log_config=None,
             access_log=False,
             server_header=False,

@@ -1,4 +1,4 @@
-"""Signature Version 4, verified as AWS verifies it: botocore's own signer recomputes the signature.
+"""Signature Version 4, verified as AWS verifies it: the signature is recomputed and compared.
 
 The canonical request is rebuilt from what arrived on the wire: the raw, still percent-encoded path
 and query (the signer encodes the path once more, as every non-S3 service does), the headers the
@@ -9,19 +9,28 @@ minutes from our clock is refused, which bounds how long a captured request can 
 Refusals are AWS's: no header is `MissingAuthenticationTokenException`, a malformed one
 `IncompleteSignatureException`, an unknown key `UnrecognizedClientException`, and a wrong secret,
 an altered request, a wrong service or a stale date `InvalidSignatureException`.
+
+The canonical request is built here, step for step as botocore's `SigV4Auth` builds it (its path
+normalisation is reused; tests/api/test_auth.py checks both agree), rather than by botocore itself:
+verifying is on every request's path, and botocore's request and header objects cost several times
+the hashing. The body is hashed once, from the bytes received, every time; the signing key (four
+HMACs of the secret, date, region and service) is derived once per key and day, not per request.
+Only the headers the client listed are signed, as AWS checks them (botocore, as a client, never
+signs `User-Agent` and a few others; another SDK may, and is accepted).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from urllib.parse import quote, urlsplit
 
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
+from botocore.utils import normalize_url_path
 
 from broker.api import errors
 
@@ -29,6 +38,7 @@ ALGORITHM = "AWS4-HMAC-SHA256"
 SERVICE = "lambda"
 MAX_SKEW = timedelta(minutes=5)
 AMZ_DATE_FORMAT = "%Y%m%dT%H%M%SZ"
+_AMZ_DATE = re.compile(r"(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -106,22 +116,22 @@ def _checked_date(request: SignedRequest, authorization: Authorization, now: dat
         raise errors.incomplete_signature(
             "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header."
         )
-    try:
-        signed_at = datetime.strptime(amz_date, AMZ_DATE_FORMAT).replace(tzinfo=UTC)
-    except ValueError:
-        raise errors.incomplete_signature(f"Date must be in ISO-8601 'basic format': got '{amz_date[:32]}'") from None
+    signed_at = _parse_amz_date(amz_date)
+    if signed_at is None:
+        raise errors.incomplete_signature(f"Date must be in ISO-8601 'basic format': got '{amz_date[:32]}'")
     if authorization.date != amz_date[:8]:
         raise errors.invalid_signature(
             f"Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: "
             f"'{authorization.date[:16]}' != '{amz_date[:8]}', from '{amz_date}'."
         )
-    stamp = now.strftime(AMZ_DATE_FORMAT)
     if signed_at < now - MAX_SKEW:
+        stamp = now.strftime(AMZ_DATE_FORMAT)
         earliest = (now - MAX_SKEW).strftime(AMZ_DATE_FORMAT)
         raise errors.invalid_signature(
             f"Signature expired: {amz_date} is now earlier than {earliest} ({stamp} - 5 min.)"
         )
     if signed_at > now + MAX_SKEW:
+        stamp = now.strftime(AMZ_DATE_FORMAT)
         latest = (now + MAX_SKEW).strftime(AMZ_DATE_FORMAT)
         raise errors.invalid_signature(
             f"Signature not yet current: {amz_date} is still later than {latest} ({stamp} + 5 min.)"
@@ -130,25 +140,66 @@ def _checked_date(request: SignedRequest, authorization: Authorization, now: dat
 
 
 def _recompute(request: SignedRequest, authorization: Authorization, secret: str, amz_date: str) -> str:
-    """The signature botocore would compute for this request with this secret."""
+    """The signature a SigV4 client computes for this request with this secret."""
     signed = set(authorization.signed_headers)
     headers: dict[str, str] = {}
     for name, value in request.headers:  # a repeated header is signed as its values joined by commas
         if name in signed:
-            headers[name] = f"{headers[name]},{value}" if name in headers else value
+            trimmed = " ".join(value.split())  # SigV4's Trimall, applied to each value
+            headers[name] = f"{headers[name]},{trimmed}" if name in headers else trimmed
     if set(headers) != signed:
         raise errors.invalid_signature()
+    body_hash = hashlib.sha256(request.body).hexdigest()  # always: the body received is what was signed
     declared_hash = headers.get("x-amz-content-sha256")
-    if declared_hash is not None and declared_hash != hashlib.sha256(request.body).hexdigest():
+    if declared_hash is not None and declared_hash != body_hash:
         raise errors.invalid_signature("The provided 'x-amz-content-sha256' header does not match what was computed.")
     target = request.raw_path + (f"?{request.query_string}" if request.query_string else "")
-    aws_request = AWSRequest(method=request.method, url=f"http://signed.invalid{target}", data=request.body)
-    for name, value in headers.items():  # set one by one: AWSRequest's header map would merge duplicates
-        aws_request.headers[name] = value
-    aws_request.context["timestamp"] = amz_date
-    signer = SigV4Auth(Credentials(authorization.access_key_id, secret), SERVICE, authorization.region)
     try:
-        canonical = signer.canonical_request(aws_request)
-    except (ValueError, UnicodeError):  # a target the signer cannot even parse was not signed by a client
+        parts = urlsplit(f"http://signed.invalid{target}")
+        path = quote(normalize_url_path(parts.path), safe="/~")
+    except (ValueError, UnicodeError):  # a target no client could have signed
         raise errors.invalid_signature() from None
-    return str(signer.signature(signer.string_to_sign(aws_request, canonical), aws_request))
+    names = sorted(headers)
+    canonical = "\n".join(
+        (
+            request.method.upper(),
+            path,
+            _canonical_query(parts.query),
+            "".join(f"{name}:{headers[name]}\n" for name in names),
+            ";".join(names),
+            body_hash,
+        )
+    )
+    scope = f"{authorization.date}/{authorization.region}/{SERVICE}/aws4_request"
+    string_to_sign = f"{ALGORITHM}\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode('utf-8')).hexdigest()}"
+    key = _signing_key(secret, authorization.date, authorization.region, SERVICE)
+    return hmac.new(key, string_to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def _canonical_query(query: str) -> str:
+    """The query's `key=value` pairs sorted by key then value, still encoded as they arrived."""
+    if not query:
+        return ""
+    pairs = sorted(pair.partition("=")[::2] for pair in query.split("&"))
+    return "&".join(f"{key}={value}" for key, value in pairs)
+
+
+@functools.lru_cache(maxsize=256)
+def _signing_key(secret: str, date: str, region: str, service: str) -> bytes:
+    """SigV4's derived key, HMAC(HMAC(HMAC(HMAC("AWS4" + secret, date), region), service), "aws4_request")."""
+    key = f"AWS4{secret}".encode()
+    for part in (date, region, service, "aws4_request"):
+        key = hmac.new(key, part.encode("utf-8"), hashlib.sha256).digest()
+    return key
+
+
+def _parse_amz_date(value: str) -> datetime | None:
+    """`YYYYMMDDTHHMMSSZ` as a UTC time, or None (strptime costs more than the rest of the check)."""
+    match = _AMZ_DATE.fullmatch(value)
+    if match is None:
+        return None
+    year, month, day, hour, minute, second = (int(part) for part in match.groups())
+    try:
+        return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+    except ValueError:
+        return None

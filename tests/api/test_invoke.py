@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from botocore.exceptions import ClientError
@@ -75,6 +76,26 @@ def test_event_is_202_and_runs(api: ApiStack) -> None:
     deadline = time.monotonic() + 20
     while not any(call["request_id"] == request_id for call in api.noted()):
         assert time.monotonic() < deadline, f"the event never ran; logs:\n{api.logs()}"
+        time.sleep(0.05)
+
+
+def test_events_sent_together_are_each_stored_and_run_after_redis_lost_its_scripts(api: ApiStack) -> None:
+    """Concurrent `Event`s share one Redis pipeline; a Redis that forgot its scripts (restarted, or
+    SCRIPT FLUSH) answers that pipeline NOSCRIPT, which stored nothing: each is sent again, not refused."""
+    api.redis.script_flush()
+    client = api.client()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(
+            pool.map(
+                lambda n: client.invoke(FunctionName="echo", InvocationType="Event", Payload=json.dumps({"n": n})),
+                range(16),
+            )
+        )
+    assert [answer["StatusCode"] for answer in answers] == [202] * 16
+    request_ids = {answer["ResponseMetadata"]["RequestId"] for answer in answers}
+    deadline = time.monotonic() + 30
+    while not request_ids <= {call["request_id"] for call in api.noted()}:
+        assert time.monotonic() < deadline, f"not every event ran; logs:\n{api.logs()}"
         time.sleep(0.05)
 
 
