@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import TypeVar
 
 import pytest
 
@@ -18,34 +17,17 @@ from tests.rig import (
     KafkaBroker,
     MotoServer,
     RedisServer,
-    RigError,
 )
 from tests.rig import aws_env as moto_aws_env
+from tests.rig.common import start_or_fail
 
 _AMBIENT_AWS = frozenset({"AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"})
-_Service = TypeVar("_Service", RedisServer, MotoServer, KafkaBroker, ElasticMQServer)
-
-
-def _start_or_fail(service: _Service) -> _Service:
-    """Start ``service`` or fail (never skip) the requesting test with the rig's message.
-
-    A missing binary/jar (ServiceUnavailableError) names ``scripts/install-test-deps``;
-    a start failure quotes the service's log.
-    """
-    try:
-        service.start()
-    except RigError as exc:
-        message = str(exc)  # fail outside the except block: no chained traceback
-    else:
-        return service
-    service.close()
-    pytest.fail(message, pytrace=False)
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """The session's redis-server (AOF on, fsync always). Tests may kill/restart it."""
-    server = _start_or_fail(RedisServer())
+    server = start_or_fail(RedisServer())
     yield server
     server.close()
 
@@ -54,7 +36,7 @@ def redis_server() -> Iterator[RedisServer]:
 def redis_url(redis_server: RedisServer) -> str:
     """URL of the session Redis, emptied (FLUSHALL) for this test."""
     if not redis_server.running:  # an earlier test crashed it on purpose
-        _start_or_fail(redis_server)
+        start_or_fail(redis_server)
     redis_server.flushall()
     return redis_server.url
 
@@ -62,7 +44,7 @@ def redis_url(redis_server: RedisServer) -> str:
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[MotoServer]:
     """The session's moto server (local AWS over HTTP)."""
-    server = _start_or_fail(MotoServer())
+    server = start_or_fail(MotoServer())
     yield server
     server.close()
 
@@ -87,7 +69,7 @@ def aws_env(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> dict[st
 @pytest.fixture(scope="session")
 def kafka_broker() -> Iterator[KafkaBroker]:
     """The session's single-node Kafka, started on first use (it costs a few seconds)."""
-    broker = _start_or_fail(KafkaBroker())
+    broker = start_or_fail(KafkaBroker())
     yield broker
     broker.close()
 
@@ -95,6 +77,6 @@ def kafka_broker() -> Iterator[KafkaBroker]:
 @pytest.fixture(scope="session")
 def elasticmq_server() -> Iterator[ElasticMQServer]:
     """The session's ElasticMQ (SQS in memory, a few seconds to start), started on first use."""
-    server = _start_or_fail(ElasticMQServer())
+    server = start_or_fail(ElasticMQServer())
     yield server
     server.close()

@@ -9,8 +9,6 @@ wherever those values are secret.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import platform
 import sys
 import uuid
@@ -20,7 +18,7 @@ from typing import Any
 from starlette.responses import JSONResponse, Response
 
 from broker import records
-from broker.api import errors, names
+from broker.api import inputs, names
 from broker.api.function_settings import reserved_concurrency
 from broker.api.operation import Call, Operation
 from broker.config import Function
@@ -64,15 +62,15 @@ def configuration(call: Call, function: Function, qualifier: str | None, *, list
 
 
 async def list_functions(call: Call) -> Response:
-    page_size = min(_max_items(call.query("MaxItems")), PAGE_LIMIT)
+    page_size = inputs.max_items(call, PAGE_LIMIT, 10000)
     functions = sorted(call.state.config.functions, key=lambda function: function.function_name)
-    after = _marker(call.query("Marker"))
+    after = inputs.marker(call, "ListFunctions")
     if after is not None:
         functions = [function for function in functions if function.function_name > after]
     page = functions[:page_size]
     body: dict[str, Any] = {"Functions": [configuration(call, function, None, listing=True) for function in page]}
     if len(functions) > page_size:
-        body["NextMarker"] = base64.urlsafe_b64encode(page[-1].function_name.encode()).decode()
+        body["NextMarker"] = inputs.next_marker(page[-1].function_name)
     return JSONResponse(body)
 
 
@@ -93,35 +91,6 @@ async def get_function_configuration(call: Call) -> Response:
 def _resolved(call: Call) -> tuple[names.FunctionRef, Function]:
     ref = names.parse(call.path_params["FunctionName"], call.query("Qualifier"))
     return ref, names.resolve(call.state.config, ref)
-
-
-def _max_items(raw: str | None) -> int:
-    if raw is None:
-        return PAGE_LIMIT
-    try:
-        value = int(raw)
-    except ValueError:
-        raise errors.validation(
-            f"Value '{raw[:32]}' at 'maxItems' failed to satisfy constraint: Member must be a number"
-        ) from None
-    if not 1 <= value <= 10000:
-        bound = "greater than or equal to 1" if value < 1 else "less than or equal to 10000"
-        raise errors.validation(
-            f"Value '{value}' at 'maxItems' failed to satisfy constraint: Member must have value {bound}"
-        )
-    return value
-
-
-def _marker(raw: str | None) -> str | None:
-    """The last function name of the previous page, base64 (an opaque token to callers)."""
-    if not raw:
-        return None
-    try:
-        return base64.urlsafe_b64decode(raw.encode("ascii")).decode("utf-8")
-    except (binascii.Error, ValueError):  # UnicodeError is a ValueError
-        raise errors.invalid_parameter(
-            "Invalid Marker: pass the NextMarker of a previous ListFunctions answer"
-        ) from None
 
 
 def _lambda_time(epoch_seconds: float) -> str:

@@ -7,6 +7,7 @@ names a specific source. The runtime side of a source (its poller) lives in the 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -264,3 +265,19 @@ def runtime(kind: type[SourceKind]) -> Callable[[type[Source]], type[Source]]:
 
 def runtime_for(mapping: EventSourceMapping) -> type[Source] | None:
     return _RUNTIMES.get(mapping.source_kind)
+
+
+def take_batch(buffer: deque[tuple[Record, float]], batch_size: int, limit_bytes: int) -> tuple[list[Record], int]:
+    """Cut the next batch off the front of a lane's buffer of (record, arrival time): at most
+    `batch_size` records and `limit_bytes` (Lambda's 6 MB), though never fewer than one record, so
+    an oversized record still travels alone. Returns the records and their size in bytes."""
+    taken: list[Record] = []
+    size = 0
+    while buffer and len(taken) < batch_size:
+        record = buffer[0][0]
+        if taken and size + record.size_bytes > limit_bytes:
+            break
+        buffer.popleft()
+        taken.append(record)
+        size += record.size_bytes
+    return taken, size

@@ -33,8 +33,8 @@ from redis.exceptions import OutOfMemoryError, RedisError
 from broker.client import Client
 from broker.config import load_config
 from broker.model import InvocationType
-from tests.rig import RedisServer, RigError
-from tests.rig.common import ManagedProcess
+from tests.rig import RedisServer
+from tests.rig.common import ManagedProcess, start_or_fail
 from tests.waiting import eventually
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -271,13 +271,7 @@ def fill_to_maxmemory(server: RedisServer, redis: Redis, filler_chunks: int = 8)
 @pytest.fixture
 def fault_redis() -> Iterator[RedisServer]:
     """A private redis-server (AOF, fsync always) for one test: faults must not leak into the next."""
-    server = RedisServer()
-    try:
-        server.start()
-    except RigError as error:
-        message = str(error)
-        server.close()
-        pytest.fail(message, pytrace=False)
+    server = start_or_fail(RedisServer())
     yield server
     server.close()
 

@@ -26,7 +26,7 @@ from broker.connection import connect, connect_async, parse_sentinel_url, wait_f
 from broker.errors import ConfigError, StoreUnavailable, TooManyRequests
 from broker.model import InvocationType
 from tests.faults.conftest import FaultStack, report
-from tests.rig import RigError
+from tests.rig.common import start_or_fail
 from tests.rig.sentinel import SentinelGroup
 from tests.waiting import eventually
 
@@ -44,13 +44,7 @@ DUPLICATES_BOUND = PROCESSES * PREFETCH + 1
 
 @pytest.fixture
 def sentinel_group() -> Iterator[SentinelGroup]:
-    group = SentinelGroup(password=PASSWORD, sentinel_password=SENTINEL_PASSWORD)
-    try:
-        group.start()
-    except RigError as error:
-        message = str(error)
-        group.close()
-        pytest.fail(message, pytrace=False)
+    group = start_or_fail(SentinelGroup(password=PASSWORD, sentinel_password=SENTINEL_PASSWORD))
     yield group
     group.close()
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.faults.conftest import HEARTBEAT_TTL_SECONDS, FaultStack, report, wait_briefly
-from tests.rig import RedisServer, RigError
+from tests.rig import RedisServer
+from tests.rig.common import start_or_fail
 from tests.rig.toxiproxy import Latency, ResetPeer, Timeout, ToxiproxyClient, ToxiproxyServer
 from tests.waiting import eventually
 
@@ -32,13 +33,7 @@ assert PARTITION_SECONDS > 2 * HEARTBEAT_TTL_SECONDS  # the cut-off pool's lease
 
 @pytest.fixture
 def toxiproxy() -> Iterator[ToxiproxyServer]:
-    server = ToxiproxyServer()
-    try:
-        server.start()
-    except RigError as error:
-        message = str(error)
-        server.close()
-        pytest.fail(message, pytrace=False)
+    server = start_or_fail(ToxiproxyServer())
     yield server
     server.close()
 

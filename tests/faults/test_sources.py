@@ -33,6 +33,22 @@ VISIBILITY_TIMEOUT_SECONDS = FUNCTION_TIMEOUT_SECONDS  # Lambda refuses a visibi
 HAND_BACK_BOUND_SECONDS = FUNCTION_TIMEOUT_SECONDS + VISIBILITY_TIMEOUT_SECONDS + 10
 
 
+async def _vanish_the_first_job(stack: FaultStack, never: str) -> float:
+    """Delete the poller's first job before any worker takes it; return how long until the batch is
+    enqueued again (handed back to its source and read anew, or retried in place)."""
+    [job_id] = await eventually(
+        lambda: stack.queued_job_ids("slow"), 45, lambda: f"the poller never enqueued\n{stack.logs()}"
+    )
+    stack.delete_job("slow", job_id)
+    vanished_at = time.monotonic()
+    await eventually(
+        lambda: [other for other in stack.queued_job_ids("slow") if other != job_id],
+        HAND_BACK_BOUND_SECONDS,
+        lambda: f"{never} after its job vanished\n{stack.logs()}",
+    )
+    return time.monotonic() - vanished_at
+
+
 async def _queue(sqs: Any) -> tuple[str, str]:
     attributes = {"VisibilityTimeout": str(VISIBILITY_TIMEOUT_SECONDS)}
     url = (await sqs.create_queue(QueueName="vanishing", Attributes=attributes))["QueueUrl"]
@@ -57,18 +73,7 @@ async def test_an_sqs_batch_whose_job_vanished_goes_back_to_the_queue_and_runs(
         )
         await sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"id": "m1", "seconds": 0.5}))
         poller = stack.spawn_poller()  # no worker yet: the batch waits in the function's queue
-        [job_id] = await eventually(
-            lambda: stack.queued_job_ids("slow"), 30, lambda: f"the poller never enqueued\n{stack.logs()}"
-        )
-        stack.delete_job("slow", job_id)
-        vanished_at = time.monotonic()
-
-        await eventually(
-            lambda: [other for other in stack.queued_job_ids("slow") if other != job_id],
-            HAND_BACK_BOUND_SECONDS,
-            lambda: f"the batch never came back from SQS after its job vanished\n{stack.logs()}",
-        )
-        handed_back_seconds = time.monotonic() - vanished_at
+        handed_back_seconds = await _vanish_the_first_job(stack, "the batch never came back from SQS")
         pool = await stack.start_pool(processes=1, prefetch=1)
         tally = await stack.settled(["m1"], within=30)
         await eventually(
@@ -124,18 +129,7 @@ async def test_a_kafka_batch_whose_job_vanished_is_invoked_again_in_order(
     ids = [f"k{n}" for n in range(3)]
     await _produce(kafka_broker, topic, ids)
     poller = stack.spawn_poller()  # no worker yet: the first batch waits in the function's queue
-    [job_id] = await eventually(
-        lambda: stack.queued_job_ids("slow"), 45, lambda: f"the poller never enqueued\n{stack.logs()}"
-    )
-    stack.delete_job("slow", job_id)
-    vanished_at = time.monotonic()
-
-    await eventually(
-        lambda: [other for other in stack.queued_job_ids("slow") if other != job_id],
-        HAND_BACK_BOUND_SECONDS,
-        lambda: f"the batch was never invoked again after its job vanished\n{stack.logs()}",
-    )
-    retried_seconds = time.monotonic() - vanished_at
+    retried_seconds = await _vanish_the_first_job(stack, "the batch was never invoked again")
     pool = await stack.start_pool(processes=1, prefetch=1)
     tally = await stack.settled(ids, within=45)
 

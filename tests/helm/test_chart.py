@@ -11,9 +11,7 @@ installs them. A missing tool fails the test: this suite never skips.
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -23,13 +21,24 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "deploy" / "helm" / "headwater"
+from tests.helm.chart import (
+    CHART,
+    KUBE_VERSION,
+    NAMESPACE,
+    RELEASE,
+    ROOT,
+    Manifest,
+    find,
+    flag,
+    render,
+    render_error,
+    run,
+    template,
+    tool,
+)
+
 RULES = CHART / "rules"
 DASHBOARDS = CHART / "dashboards"
-NAMESPACE = "hw"
-RELEASE = "hw"
-KUBE_VERSION = "1.30.0"
 
 # The metric names the processes expose (the contract the rules and dashboards are written against).
 CONTRACT_METRICS = {
@@ -72,62 +81,13 @@ HISTOGRAMS = {
     "headwater_poller_batch_size",
 }
 
-Manifest = dict[str, Any]
-
-
-def tool(name: str) -> str:
-    """The pinned binary from the cache, else one on PATH; fail (never skip) when neither exists."""
-    cache_bin = Path(os.environ.get("HEADWATER_CACHE", str(Path.home() / ".cache" / "headwater"))) / "bin"
-    cached = cache_bin / name
-    if cached.is_file() and os.access(cached, os.X_OK):
-        return str(cached)
-    found = shutil.which(name)
-    if found:
-        return found
-    pytest.fail(
-        f"{name} is not installed (looked on PATH and in {cache_bin}); install it with: scripts/install-tools",
-        pytrace=False,
-    )
-
-
-def run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60, check=False)
-
-
-@functools.cache
-def _helm(verb: str, values_json: str) -> subprocess.CompletedProcess[str]:
-    argv = [tool("helm"), verb]
-    if verb == "template":
-        argv += [RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION]
-    else:
-        argv += [str(CHART), "--strict", "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION]
-    argv += ["--values", "-"]
-    # JSON is YAML: the values go in on stdin, exactly as given.
-    return run(argv, stdin=values_json)
-
 
 def helm(verb: str, values: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
-    return _helm(verb, json.dumps(values or {}, sort_keys=True))
-
-
-def render(values: dict[str, Any] | None = None) -> list[Manifest]:
-    result = helm("template", values)
-    assert result.returncode == 0, f"helm template failed:\n{result.stderr}"
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-
-
-def render_error(values: dict[str, Any]) -> str:
-    result = helm("template", values)
-    assert result.returncode != 0, "helm template accepted values it should refuse"
-    return result.stderr
-
-
-def find(docs: list[Manifest], kind: str, name: str) -> Manifest:
-    for doc in docs:
-        if doc["kind"] == kind and doc["metadata"]["name"] == name:
-            return doc
-    kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs)
-    raise AssertionError(f"{kind}/{name} not rendered; got {kinds}")
+    """`helm lint --strict` or `helm template` with these values (JSON on stdin: JSON is YAML)."""
+    if verb == "template":
+        return template(values)
+    argv = [tool("helm"), verb, str(CHART), "--strict", "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION]
+    return run([*argv, "--values", "-"], stdin=json.dumps(values or {}, sort_keys=True))
 
 
 def kinds(docs: list[Manifest]) -> set[str]:
@@ -142,11 +102,6 @@ def container(workload: Manifest) -> Manifest:
 
 def env_of(workload: Manifest) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(workload).get("env", [])}
-
-
-def flag(args: list[str], name: str) -> str:
-    assert name in args, f"{name} missing from {args}"
-    return args[args.index(name) + 1]
 
 
 WORKER = f"{RELEASE}-headwater-worker"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -20,14 +19,12 @@ from typing import Any
 
 import aioboto3
 import pytest
-import yaml
 from redis import Redis
 
 from broker import keys
-from tests.conftest import _start_or_fail
 from tests.rig import KinesaliteServer, MotoServer, RedisServer
-from tests.rig.common import ManagedProcess, make_workdir, remove_workdir
-from tests.sources.contract import REPO_ROOT, Stack, functions
+from tests.rig.common import ManagedProcess, start_or_fail
+from tests.sources.contract import REPO_ROOT, Stack, functions, session_worker_pool
 
 HANDLER = "tests.kinesis.handler.handle"
 WORKER_PROCESSES = 2
@@ -36,14 +33,14 @@ LEASE_SECONDS = 2.0  # shard leases in these tests: a dead replica's shards move
 
 @pytest.fixture(scope="session")
 def kinesalite() -> Iterator[KinesaliteServer]:
-    server = _start_or_fail(KinesaliteServer())
+    server = start_or_fail(KinesaliteServer())
     yield server
     server.close()
 
 
 @pytest.fixture(scope="session")
 def kinesis_redis() -> Iterator[RedisServer]:
-    server = _start_or_fail(RedisServer())
+    server = start_or_fail(RedisServer())
     yield server
     server.close()
 
@@ -51,25 +48,9 @@ def kinesis_redis() -> Iterator[RedisServer]:
 @pytest.fixture(scope="session")
 def kinesis_workers(kinesis_redis: RedisServer, moto_server: MotoServer) -> Iterator[ManagedProcess]:
     """`headwater worker`, two processes, prefetch 1, serving the contract's functions with our handler."""
-    directory = make_workdir("kinesis-workers")
-    config = directory / "workers.yaml"
     served = [dict(function, Handler=HANDLER) for function in functions(kinesis_redis.url)]
-    config.write_text(yaml.safe_dump({"Functions": served}))
-    argv = [sys.executable, "-m", "broker.cli", "worker", "--config", str(config),
-            "--processes", str(WORKER_PROCESSES), "--prefetch", "1", "--grace-seconds", "5"]  # fmt: skip
-    env = {**os.environ, "HEADWATER_REDIS_URL": kinesis_redis.url, "PYTHONPATH": str(REPO_ROOT)}
-    pool = ManagedProcess("headwater-worker", argv, directory / "worker.log", cwd=REPO_ROOT, env=env)
-    pool.start()
-    redis = Redis.from_url(kinesis_redis.url)
-    deadline = time.monotonic() + 30
-    while redis.zcard(keys.WORKERS) < WORKER_PROCESSES:
-        if time.monotonic() > deadline or not pool.running:
-            pytest.fail(f"the worker pool did not start:\n{pool.describe_log()}", pytrace=False)
-        time.sleep(0.05)
-    redis.close()
-    yield pool
-    pool.stop(timeout=30)
-    remove_workdir(directory)
+    with session_worker_pool("kinesis-workers", kinesis_redis.url, served, WORKER_PROCESSES) as pool:
+        yield pool
 
 
 @pytest.fixture(params=["moto", "kinesalite"])
@@ -91,7 +72,7 @@ async def stack(
     kinesis_redis: RedisServer, kinesis_endpoint: dict[str, str], kinesis_workers: ManagedProcess, tmp_path: Path
 ) -> AsyncIterator[Stack]:
     if not kinesis_redis.running:
-        _start_or_fail(kinesis_redis)
+        start_or_fail(kinesis_redis)
     kinesis_redis.flushall()
     env = {**os.environ, **kinesis_endpoint, "HEADWATER_REDIS_URL": kinesis_redis.url, "PYTHONPATH": str(REPO_ROOT)}
     running = Stack(kinesis_redis.url, tmp_path, env)

@@ -36,7 +36,9 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
-from typing import ClassVar, Self
+from typing import ClassVar, Protocol, Self, TypeVar
+
+import pytest
 
 LOOPBACK = "127.0.0.1"
 INSTALL_COMMAND = "scripts/install-test-deps"
@@ -45,6 +47,55 @@ _ADDRESS_IN_USE = "Address already in use"
 
 class RigError(RuntimeError):
     """A rig could not provide its service."""
+
+
+class Startable(Protocol):
+    def start(self) -> None: ...
+    def close(self) -> None: ...
+
+
+StartableT = TypeVar("StartableT", bound=Startable)
+
+
+def start_or_fail(service: StartableT) -> StartableT:
+    """Start `service` or fail (never skip) the requesting test with the rig's message.
+
+    A missing binary or jar (ServiceUnavailableError) names `scripts/install-test-deps`; a start
+    failure quotes the service's log."""
+    try:
+        service.start()
+    except RigError as exc:
+        message = str(exc)  # fail outside the except block: no chained traceback
+    else:
+        return service
+    service.close()
+    pytest.fail(message, pytrace=False)
+
+
+class ClosedOnExit:
+    """`with rig:` starts it and closes it however the block ends (a failed start closes too)."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 class ServiceUnavailableError(RigError):
@@ -315,7 +366,7 @@ def find_executable(binary: str, *, service: str, hint: str) -> str:
     return executable
 
 
-class Service(abc.ABC):
+class Service(ClosedOnExit, abc.ABC):
     """Lifecycle shared by the rigs: a temp dir, a port and one server child process.
 
     ``start()`` does nothing if the server runs; otherwise it lets the subclass
@@ -374,22 +425,6 @@ class Service(abc.ABC):
         self.stop()
         self._remove_workdir()
         self._process = None
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- for subclasses ---------------------------------------------------------------
 

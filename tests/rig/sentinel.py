@@ -18,14 +18,22 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from types import TracebackType
-from typing import Self, TypeVar
+from typing import TypeVar
 from urllib.parse import quote
 
 from redis import Redis
 from redis.exceptions import RedisError
 
-from .common import LOOPBACK, ManagedProcess, RigError, Service, describe_log, find_executable, free_port
+from .common import (
+    LOOPBACK,
+    ClosedOnExit,
+    ManagedProcess,
+    RigError,
+    Service,
+    describe_log,
+    find_executable,
+    free_port,
+)
 from .redis import RedisServer, send_command
 
 SERVICE_NAME = "headwater"
@@ -126,7 +134,7 @@ class SentinelServer(Service):
         return f"Redis Sentinel on {LOOPBACK}:{self._port}"
 
 
-class SentinelGroup:
+class SentinelGroup(ClosedOnExit):
     """A primary, a replica and ``sentinels`` Sentinels (quorum ``quorum``), started and closed together.
 
     ``password`` protects the data nodes, ``sentinel_password`` the Sentinels,
@@ -250,19 +258,3 @@ class SentinelGroup:
             time.sleep(0.1)
         logs = "\n".join(describe_log(sentinel.log_path, lines=15) for sentinel in self.sentinels)
         raise RigError(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last_error!r})\n{logs}")
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -6,8 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -16,12 +14,10 @@ from typing import Any
 
 import aioboto3
 import pytest
-import yaml
-from redis import Redis
 
 from tests.rig import ElasticMQServer, MotoServer, RedisServer
-from tests.rig.common import ManagedProcess, make_workdir, remove_workdir
-from tests.sources.contract import REPO_ROOT, Stack, functions
+from tests.rig.common import ManagedProcess
+from tests.sources.contract import REPO_ROOT, Stack, functions, session_worker_pool
 
 VISIBILITY_TIMEOUT_SECONDS = 2  # the recorder's Timeout: the shortest Lambda accepts for it
 WORKER_PROCESSES = 2
@@ -34,24 +30,8 @@ def worker_pool(redis_server: RedisServer, moto_server: MotoServer) -> Iterator[
     Prefetch 1: a process claims one batch at a time, so two batches run side by side whenever
     two are waiting (what the parallel and backlog tests measure).
     """
-    directory = make_workdir("source-workers")
-    config = directory / "workers.yaml"
-    config.write_text(yaml.safe_dump({"Functions": functions(redis_server.url)}))
-    argv = [sys.executable, "-m", "broker.cli", "worker", "--config", str(config),
-            "--processes", str(WORKER_PROCESSES), "--prefetch", "1", "--grace-seconds", "5"]  # fmt: skip
-    env = {**os.environ, "HEADWATER_REDIS_URL": redis_server.url, "PYTHONPATH": str(REPO_ROOT)}
-    pool = ManagedProcess("headwater-worker", argv, directory / "worker.log", cwd=REPO_ROOT, env=env)
-    pool.start()
-    redis = Redis.from_url(redis_server.url)
-    deadline = time.monotonic() + 30
-    while redis.zcard("headwater:workers") < WORKER_PROCESSES:
-        if time.monotonic() > deadline or not pool.running:
-            pytest.fail(f"the worker pool did not start:\n{pool.describe_log()}", pytrace=False)
-        time.sleep(0.05)
-    redis.close()
-    yield pool
-    pool.stop(timeout=30)
-    remove_workdir(directory)
+    with session_worker_pool("source-workers", redis_server.url, functions(redis_server.url), WORKER_PROCESSES) as pool:
+        yield pool
 
 
 @pytest.fixture

@@ -11,12 +11,14 @@ pollers are subprocesses, the source is the real service (moto over HTTP, Kafka)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import sys
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,7 +28,7 @@ import yaml
 from redis import Redis
 
 from broker.supervisor import Supervisor
-from tests.rig.common import ManagedProcess
+from tests.rig.common import ManagedProcess, make_workdir, remove_workdir
 from tests.waiting import eventually
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -303,3 +305,31 @@ def _first_deliveries(entries: list[dict[str, Any]], prefix: str) -> list[str]:
             if identifier.startswith(prefix) and identifier not in order:
                 order.append(identifier)
     return order
+
+
+@contextlib.contextmanager
+def session_worker_pool(
+    label: str, redis_url: str, served: list[dict[str, Any]], processes: int = 2
+) -> Iterator[ManagedProcess]:
+    """`headwater worker` serving `served` on `redis_url` for a whole session, prefetch 1: a process
+    claims one batch at a time, so two batches run side by side whenever two are waiting."""
+    directory = make_workdir(label)
+    config = directory / "workers.yaml"
+    config.write_text(yaml.safe_dump({"Functions": served}))
+    argv = [sys.executable, "-m", "broker.cli", "worker", "--config", str(config),
+            "--processes", str(processes), "--prefetch", "1", "--grace-seconds", "5"]  # fmt: skip
+    env = {**os.environ, "HEADWATER_REDIS_URL": redis_url, "PYTHONPATH": str(REPO_ROOT)}
+    pool = ManagedProcess("headwater-worker", argv, directory / "worker.log", cwd=REPO_ROOT, env=env)
+    pool.start()
+    redis = Redis.from_url(redis_url)
+    deadline = time.monotonic() + 30
+    while redis.zcard("headwater:workers") < processes:
+        if time.monotonic() > deadline or not pool.running:
+            pytest.fail(f"the worker pool did not start:\n{pool.describe_log()}", pytrace=False)
+        time.sleep(0.05)
+    redis.close()
+    try:
+        yield pool
+    finally:
+        pool.stop(timeout=30)
+        remove_workdir(directory)

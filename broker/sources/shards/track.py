@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from broker.shard_leases import OwnedShard
-from broker.sources.base import Batch, Record
+from broker.sources.base import Batch, Record, take_batch
 
 PAYLOAD_LIMIT_BYTES = 6_291_456  # Lambda's synchronous invoke limit, which caps a batch
 EVENT_OVERHEAD_BYTES = 512  # the event's own keys
@@ -176,15 +176,7 @@ class ShardTrack:
         return now - max(lane.buffer[0][1], lane.freed_at) >= self.window_seconds
 
     def _take(self, lane: _Lane, number: int) -> Batch:
-        taken: list[Record] = []
-        size = 0
-        while lane.buffer and len(taken) < self.batch_size:
-            record = lane.buffer[0][0]
-            if taken and size + record.size_bytes > self.limit_bytes:
-                break
-            lane.buffer.popleft()
-            taken.append(record)
-            size += record.size_bytes
+        taken, size = take_batch(lane.buffer, self.batch_size, self.limit_bytes)
         lane.buffered_bytes -= size
         lane.in_flight = tuple(_index(record) for record in taken)
         return Batch(tuple(taken), lane=f"{self.shard_id}#{number}")
