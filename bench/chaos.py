@@ -3,7 +3,8 @@ processes, the poller and Redis itself are SIGKILLed, then every accepted event 
 
     python bench/chaos.py [--events 20000] [--messages 5000] [--kill-every 3] [--outage 4]
 
-Starts its own redis-server (AOF, fsync always) and moto server (tests/rig), two `headwater
+Starts its own redis-server (AOF, fsync always) and SQS server (ElasticMQ, tests/rig: moto scans its
+whole queue per message and cannot feed 5,000 waiting messages in reasonable time), two `headwater
 worker` pools and one `headwater poll`. Producers accept events through the Python client and
 send messages to SQS, retrying through outages. Meanwhile, every `--kill-every` seconds one
 worker process is SIGKILLed (its pool restarts it); once, the poller is SIGKILLed and started
@@ -44,7 +45,7 @@ from broker.config import load_config
 from broker.errors import HeadwaterError
 from broker.model import InvocationType
 from tests.faults.conftest import Runs
-from tests.rig import MotoServer, RedisServer, aws_env
+from tests.rig import ElasticMQServer, RedisServer, aws_env
 from tests.rig.common import ManagedProcess
 
 HANDLER = "tests.handlers.faults.run"
@@ -241,8 +242,8 @@ def main() -> None:
     random.seed(args.seed)
     directory = Path(tempfile.mkdtemp(prefix="headwater-chaos-"))
     runs = Runs(directory / "runs.jsonl")
-    with RedisServer() as redis_server, MotoServer() as moto:
-        os.environ.update(aws_env(moto.endpoint_url))
+    with RedisServer() as redis_server, ElasticMQServer() as sqs_server:
+        os.environ.update(aws_env(sqs_server.endpoint_url))
         sqs = boto3.client("sqs")
         url = sqs.create_queue(QueueName="chaos", Attributes={"VisibilityTimeout": "30"})["QueueUrl"]
         arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
