@@ -18,7 +18,6 @@ WORKER_FUNCTIONS = f"{PREFIX}:worker-functions"  # hash: worker id -> the functi
 CLOCK = f"{PREFIX}:clock"  # Redis's time (ms) when any lease was last renewed: a stale one means Redis was away
 QUARANTINE = f"{PREFIX}:quarantine"  # hash: job id -> JSON {queue, reason, at}; the job's hash is kept
 PROCESSING_PREFIX = f"{PREFIX}:processing:"  # + worker id: list of the entries that worker holds
-STARTS_FIELD = "headwater_starts"  # on the rq job hash: how many times a worker began running it
 ENTRY_SEPARATOR = "\t"
 
 

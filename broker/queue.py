@@ -47,7 +47,6 @@ from broker.errors import StoreUnavailable
 from broker.model import Invocation, Result
 
 JOB_HANDLER = "workers.invoke.run"  # the callable recorded in each rq job, for rq's tools; never imported
-WAKE_TOKENS_KEPT = 64
 BLOCK_SLICE_SECONDS = 2.0
 REPLY_TTL_SECONDS = 3600
 SCRIPT_NAMES = (
@@ -242,12 +241,6 @@ class InvocationQueue:
 
     def depth(self, function_name: str) -> int:
         return int(self.redis.llen(keys.RQ_QUEUE_KEY_PREFIX + keys.queue_name(function_name)))
-
-    def depths(self, function_names: list[str]) -> dict[str, int]:
-        pipe = self.redis.pipeline(transaction=False)
-        for name in function_names:
-            pipe.llen(keys.RQ_QUEUE_KEY_PREFIX + keys.queue_name(name))
-        return dict(zip(function_names, (int(n) for n in pipe.execute()), strict=True))
 
     def status(self, function_names: list[str]) -> QueueStatus:
         """A read-only snapshot of every place a job can be (two round trips; nothing is locked, so
