@@ -33,8 +33,7 @@ import pytest
 import yaml
 
 from broker import keys
-from broker.model import Invocation, InvocationType
-from broker.queue import InvocationQueue
+from broker.model import InvocationType
 from tests.workers.conftest import REPO_ROOT, Stack
 
 CHART = REPO_ROOT / "deploy" / "helm" / "headwater"
@@ -182,9 +181,10 @@ def load(stack: Stack, sqs: Any, queue_url: str) -> None:
         client.invoke("orders", {"n": n}, InvocationType.EVENT)
         sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps({"n": n}))
     client.invoke("failing", {"n": 0}, InvocationType.EVENT)
-    queue = InvocationQueue(stack.redis)
-    poison = queue.enqueue(Invocation("failing", "{}", InvocationType.EVENT, trigger="async"))
-    stack.redis.hset(keys.RQ_JOB_KEY_PREFIX + poison, "data", b"not zlib")
+    # A poison job, written whole before it is queued (a worker must never see it half made).
+    stack.redis.hset(keys.RQ_JOB_KEY_PREFIX + "poison", "data", b"not zlib")
+    stack.redis.rpush(keys.RQ_QUEUE_KEY_PREFIX + keys.queue_name("failing"), "poison")
+    stack.redis.lpush(keys.wake(keys.queue_name("failing")), "1")
     stack.wait_for(lambda: stack.redis.hlen(keys.QUARANTINE) == 1)
     # 10 direct invocations, at least one SQS batch, and the failing event's 3 tries.
     stack.wait_for(lambda: len(stack.noted("calls")) >= 10 + 1 + 3, timeout=40)
