@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
-
-from redis import asyncio as redis_async
+from typing import TYPE_CHECKING, Any
 
 from broker import metrics
 from broker.backoff import RESTART_INITIAL_SECONDS, RESTART_MAX_SECONDS, Backoff
@@ -25,9 +23,14 @@ from broker.errors import ConfigError, SourceError
 from broker.logs import get_logger
 from broker.mapping import EventSourceMapping
 from broker.mapping_state import MappingStates, ProcessingResult, State
-from broker.poller import Poller, wait_or_timeout
+from broker.poller import Poller
 from broker.sender import Sender
-from broker.sources.base import Source, SourceContext, kind_of, runtime_for
+from broker.sources import Source, kind_of, runtime_for
+from broker.sources.base import Lingering, SourceContext
+from broker.stopping import wait_or_timeout
+
+if TYPE_CHECKING:
+    from redis import asyncio as redis_async
 
 log = get_logger(__name__)
 
@@ -42,6 +45,7 @@ class Services:
     redis: redis_async.Redis
     aws_session: Any
     delivery: DeliveryContext
+    lingering: Lingering  # stopped sources' clean-up, awaited before the process exits
 
 
 class MappingRunner:
@@ -106,8 +110,8 @@ class MappingRunner:
         return None
 
     async def _run_once(self, source: Source) -> None:
-        servers = _bootstrap_servers(self.mapping)
-        dispatcher = Dispatcher(dataclasses.replace(self._services.delivery, kafka_bootstrap_servers=servers))
+        # A kind may write where this mapping's source lives (a Kafka mapping's `kafka://` on-failure topic).
+        dispatcher = Dispatcher(dataclasses.replace(self._services.delivery, mapping=self.mapping))
         try:
             if not await self._start(source):
                 return
@@ -127,7 +131,9 @@ class MappingRunner:
             await self._poller.run()
         finally:
             self._poller = None
-            await source.stop()
+            if self._disabling:  # its batches settled and it reads no more; what is left is the source's cleanup
+                await self._services.states.transition(self.mapping, State.DISABLED)
+            await source.stop()  # an SQS receive in flight may take its long poll to come back and be handed back
             await dispatcher.close()
 
     async def _start(self, source: Source) -> bool:
@@ -152,14 +158,7 @@ class MappingRunner:
             aws_session=self._services.aws_session,
             region=settings.region,
             function_timeout_seconds=self.function.timeout,
-            kafka_bootstrap_servers=_bootstrap_servers(self.mapping),
             account_id=settings.account_id,
             extras={"redis": self._services.redis},  # where sharded sources keep their shard leases
+            lingering=self._services.lingering,
         )
-
-
-def _bootstrap_servers(mapping: EventSourceMapping) -> str | None:
-    """A Kafka mapping's cluster: where a `kafka://topic` on-failure destination is written."""
-    source = mapping.self_managed_event_source
-    servers = source.endpoints.get("KAFKA_BOOTSTRAP_SERVERS", []) if source is not None else []
-    return ",".join(servers) or None

@@ -11,6 +11,11 @@ receives can hand out the same message, two deletions can bring each other's mes
 call moves ten messages, so the cost is small; the one visible effect is that on a quiet queue
 with several batch loops, a batching window can last until the current long poll ends (up to
 20 s), which Lambda's documentation allows for SQS as well.
+
+A receive is never abandoned once sent: SQS would still hand that request up to ten messages,
+hidden for their visibility timeout and counted as received, with nobody to process them. A
+receive whose caller is cancelled mid-call (the poller stopping) runs on; `abandoned_messages`
+waits for such receives and returns what they brought, for the source to hand back at once.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import AsyncExitStack
 from typing import Any, TypeVar
 
+from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from broker.errors import ConfigError, SourceError
@@ -32,6 +38,9 @@ MISSING_QUEUE_MESSAGE = (  # Lambda's own words when a mapping names a queue tha
     "Error occurred while ReceiveMessage. SQS Error Code: AWS.SimpleQueueService.NonExistentQueue. "
     "SQS Error Message: The specified queue does not exist. ({arn})"
 )
+# Every request is built here, from values already checked, so botocore's own check of each call's
+# parameters (a few percent of a busy poller's time) is skipped.
+UNCHECKED = AioConfig(parameter_validation=False)
 log = get_logger(__name__)
 T = TypeVar("T")
 
@@ -45,10 +54,12 @@ class QueueClient:
         self._client: Any = None
         self._receiving = asyncio.Lock()
         self._deleting = asyncio.Lock()
+        self._abandoned: set[asyncio.Future[dict[str, Any]]] = set()  # receives whose caller was cancelled
 
     async def connect(self, session: Any, name: str, account: str, owner: str) -> None:
         """Open the client and find the queue; a missing queue is a ConfigError in Lambda's words."""
-        self._client = await self._stack.enter_async_context(session.client("sqs", region_name=self.region))
+        client = session.client("sqs", region_name=self.region, config=UNCHECKED)
+        self._client = await self._stack.enter_async_context(client)
         try:
             answer = await self._client.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)
         except ClientError as error:
@@ -67,17 +78,47 @@ class QueueClient:
         return int(answer["Attributes"]["VisibilityTimeout"])
 
     async def receive(self, count: int, wait_seconds: int, visibility_seconds: int) -> list[dict[str, Any]]:
+        """ReceiveMessage with every attribute. Cancelled while waiting for its turn, nothing is sent;
+        cancelled once sent, the call runs on and its messages go to `abandoned_messages`."""
         async with self._receiving:
-            answer = await self._call(
-                "receive_message",
-                QueueUrl=self.url,
-                MaxNumberOfMessages=count,
-                WaitTimeSeconds=wait_seconds,
-                VisibilityTimeout=visibility_seconds,
-                AttributeNames=["All"],
-                MessageAttributeNames=["All"],
+            log.debug("receiving", queue=self.arn, wait_seconds=wait_seconds)
+            call = asyncio.ensure_future(
+                self._call(
+                    "receive_message",
+                    QueueUrl=self.url,
+                    MaxNumberOfMessages=count,
+                    WaitTimeSeconds=wait_seconds,
+                    VisibilityTimeout=visibility_seconds,
+                    AttributeNames=["All"],
+                    MessageAttributeNames=["All"],
+                )
             )
+            try:
+                answer = await asyncio.shield(call)
+            except asyncio.CancelledError:
+                # Not awaited here: a stopping mapping is Disabled once its batches settled, not after
+                # a long poll's 20 s; the source's stop hands back what it brings, later (`take_abandoned`).
+                if not call.done() or (not call.cancelled() and call.exception() is None):
+                    self._abandoned.add(call)
+                raise
         messages: list[dict[str, Any]] = answer.get("Messages", [])
+        return messages
+
+    def take_abandoned(self) -> list[asyncio.Future[dict[str, Any]]]:
+        """The receives whose caller was cancelled (the poller stopping); the caller now owes the
+        hand-back of what they bring (see `abandoned_messages`)."""
+        calls, self._abandoned = list(self._abandoned), set()
+        return calls
+
+    @staticmethod
+    async def abandoned_messages(calls: list[asyncio.Future[dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Wait for receives cut off by a stop; the messages they brought (none from one that failed)."""
+        messages: list[dict[str, Any]] = []
+        for call in calls:
+            try:
+                messages += (await call).get("Messages", [])
+            except SourceError as error:
+                log.warning("a receive cut off by the stop failed; it brought nothing", error=error.message)
         return messages
 
     async def delete(self, receipt_handles: list[str]) -> int:

@@ -1,22 +1,25 @@
 """A running SQS mapping: gather batches, keep them invisible while they run, settle them.
 
-Reading long-polls (up to 20 s, 10 messages a call, every attribute) until the batch is full
+Reading long-polls (10 messages a call, every attribute) until the batch is full
 (BatchSize), its window closes (MaximumBatchingWindowInSeconds, counted from the batch's first
 message), or the next message would take the event past Lambda's 6 MB; that message starts the
 next batch. A FIFO queue is split per MessageGroupId: SQS hands out nothing more of a group while
 some of it is in flight, and this source never returns a group that has a batch in flight, so
 each group is processed in order while groups run side by side.
 
-Every message received is *held* until settled: received invisible for VisibilityTimeout (at least
-5 s), and `keep_alive` extends held messages before that lapses, so a batch waiting behind a
-backlog never reappears and runs twice. Settling deletes the done messages; failed ones reappear
-when Lambda's would, VisibilityTimeout after their receive (shortened back if we held them longer,
-floor 0), and the queue's RedrivePolicy moves them to its dead-letter queue after maxReceiveCount
-receives. Lambda itself sets no visibility; it never queues a batch behind others.
+A long poll waits about as long as the queue has been quiet: 1 s right after a message, growing
+to SQS's 20 s (Lambda's wait) after 20 quiet seconds, and 20 s before the first message. A quiet
+mapping costs about as many requests as Lambda's, and a stop, which lets the receive in flight
+finish and hands back what it brought at once, rarely waits long (see `client`).
 
-The hold has a cap: SQS refuses to keep a message invisible longer than 12 hours after its
-receive, so a message is held at most `MAXIMUM_HOLD_SECONDS` (12 hours less a margin) and its
-batch's `hold_deadline` is that moment: the poller then gives up waiting for the invocation and
+Every message received is *held* until settled (see `holding`): kept invisible while it waits or
+runs, so a batch waiting behind a backlog never reappears and runs twice. Settling deletes the done
+messages; failed ones reappear when Lambda's would, VisibilityTimeout after their receive, and the
+queue's RedrivePolicy moves them to its dead-letter queue after maxReceiveCount receives. Lambda
+itself sets no visibility; it never queues a batch behind others.
+
+A message is held at most about 12 hours (SQS's own limit) and its batch's `hold_deadline` is
+that moment: the poller then gives up waiting for the invocation and
 `release`s the batch. A batch whose invocation will never answer (its job vanished) is released
 at once too: every message becomes visible again immediately (ChangeMessageVisibility 0), the
 next receive counts toward maxReceiveCount, and the RedrivePolicy applies as usual.
@@ -29,7 +32,6 @@ import json
 import math
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from broker import filtering, metrics
@@ -38,6 +40,7 @@ from broker.logs import get_logger
 from broker.payload import REQUEST_RESPONSE_LIMIT_BYTES
 from broker.sources.base import Batch, Record, Source, SourceContext, runtime
 from broker.sources.sqs.client import QueueClient
+from broker.sources.sqs.holding import Holding
 from broker.sources.sqs.kind import QUEUE_ARN, SqsKind
 from broker.sources.sqs.shape import lambda_record
 
@@ -45,29 +48,13 @@ if TYPE_CHECKING:
     from broker.mapping import EventSourceMapping
 
 RECEIVE_WAIT_SECONDS = 20
+SHORTEST_WAIT_SECONDS = 1
 RECEIVE_MAX_MESSAGES = 10
 LANE_BUSY_WAIT_SECONDS = 1
 DEFAULT_MAXIMUM_CONCURRENCY = 20  # Lambda allows 1250 per mapping; one process serves far fewer
-EXTEND_MARGIN_SECONDS = 1.5  # the poller calls keep_alive every 0.5 s
-# Messages are received, and extended, invisible for at least this long: with a tiny
-# VisibilityTimeout a slow receive or one late keep-alive tick would otherwise let a batch that is
-# still running reappear. Failed messages are shortened back to VisibilityTimeout after their
-# receive; the one price is that after a poller crash its messages return within this time.
-MINIMUM_HOLD_SECONDS = 5
-SQS_VISIBILITY_LIMIT_SECONDS = 12 * 3600  # SQS: at most 12 hours invisible after a receive
-MAXIMUM_HOLD_SECONDS = SQS_VISIBILITY_LIMIT_SECONDS - 60  # the last extension must still be accepted
 ENVELOPE_BYTES = len(json.dumps({"Records": []}))
 SEPARATOR_BYTES = len(", ")
 log = get_logger(__name__)
-
-
-@dataclass(slots=True)
-class Held:
-    """A message received and not settled yet, and until when SQS keeps it invisible."""
-
-    receipt_handle: str  # the latest: SQS deletes a message received twice only by its newest handle
-    received_at: float  # monotonic
-    visible_at: float  # monotonic; moved forward by keep_alive
 
 
 class Collector:
@@ -103,12 +90,12 @@ class SqsSource(Source):
         self._queue = QueueClient(match[0], match["region"])
         self._name, self._account = match["name"], match["account"]
         self._fifo = self._name.endswith(".fifo")
-        self._visibility_timeout = 30
-        self._held: dict[str, Held] = {}  # by messageId
+        self._holding = Holding(self._queue)
         self._waiting: deque[Record] = deque()  # received, in no batch yet: carried over, or other groups
         self._busy_lanes: set[str] = set()
         self._receiving = asyncio.Lock()
-        self._deleted = metrics.ESM_EVENTS.labels(mapping.uuid, SqsKind.name, "deleted")
+        self._last_message_at: float | None = None  # monotonic; sets how long the next long poll waits
+        self._deleted = metrics.MAPPING_EVENTS.labels(mapping.uuid, SqsKind.name, "deleted")
         self._oldest_age = metrics.SQS_OLDEST_MESSAGE_AGE.labels(mapping.uuid)
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -116,27 +103,50 @@ class SqsSource(Source):
         """Find the queue; refuse, as Lambda does, a function timeout above its visibility timeout."""
         owner = f"EventSourceMapping {self.mapping.uuid}"
         await self._queue.connect(self.context.aws_session, self._name, self._account, owner)
-        self._visibility_timeout = await self._queue.visibility_timeout()
+        visibility_timeout = self._holding.visibility_timeout = await self._queue.visibility_timeout()
         timeout = self.context.function_timeout_seconds
-        if timeout > self._visibility_timeout:
+        if timeout > visibility_timeout:
             raise ConfigError(
                 [
-                    f"Invalid parameter value: Queue visibility timeout: {self._visibility_timeout} seconds "
+                    f"Invalid parameter value: Queue visibility timeout: {visibility_timeout} seconds "
                     f"is less than Function timeout: {timeout} seconds"
                 ],
                 owner,
             )
 
     async def stop(self) -> None:
-        """Hand back what was received but never batched; batches in flight are left to come back."""
-        waiting = [self._held.pop(record.item_id, None) for record in self._waiting]
+        """Hand back what was received but never batched; what the receives cut off by the stop bring
+        is handed back once they come back (up to a long poll later), as lingering clean-up: the
+        mapping is Disabled (or restarted) meanwhile, and the process waits for it before it exits.
+        Batches in flight are left to come back."""
+        waiting = self._holding.let_go(record.item_id for record in self._waiting)
         self._waiting.clear()
+        handles = [held.receipt_handle for held in waiting]
+        cut_off = self._queue.take_abandoned()
+        if cut_off:
+            self.context.lingering(self._hand_back(handles, cut_off))
+        else:
+            await self._hand_back(handles, cut_off)
+
+    async def _hand_back(self, handles: list[str], cut_off: list[asyncio.Future[dict[str, Any]]]) -> None:
         try:
-            await self._queue.change_visibility([(held.receipt_handle, 0) for held in waiting if held is not None])
+            handles += self._unheld(await self._queue.abandoned_messages(cut_off))
+            await self._queue.change_visibility([(handle, 0) for handle in handles])
         except SourceError as error:
             log.warning("unbatched messages not handed back; they return after their timeout", error=str(error))
+        except asyncio.CancelledError:
+            log.warning("grace period over: a receive in flight is left; what it brings returns after its timeout")
+            raise
         finally:
             await self._queue.close()
+
+    def _unheld(self, messages: list[dict[str, Any]]) -> list[str]:
+        """Receipt handles of what the receives cut off by the stop brought, except messages held
+        here (a batch in flight settles those with the newest handle)."""
+        handles = [message["ReceiptHandle"] for message in messages if not self._holding.renew_handle(message)]
+        if handles:
+            log.info("handing back messages a receive brought after the stop", count=len(handles))
+        return handles
 
     # -- reading ----------------------------------------------------------------------------------
     async def read_batch(self) -> Batch | None:
@@ -161,7 +171,7 @@ class SqsSource(Source):
             remaining = None if closes is None else closes - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return
-            wait = _wait_seconds(remaining)
+            wait = self._long_poll_seconds() if remaining is None else _window_wait_seconds(remaining)
             received = await self._receive(min(RECEIVE_MAX_MESSAGES, collector.room), wait)
             if not received and closes is None:
                 return
@@ -180,7 +190,7 @@ class SqsSource(Source):
         if self._ready_lane() is None:
             async with self._receiving:  # decide under the lock: a lane may have settled while queued
                 if self._ready_lane() is None:
-                    wait = LANE_BUSY_WAIT_SECONDS if self._busy_lanes else RECEIVE_WAIT_SECONDS
+                    wait = LANE_BUSY_WAIT_SECONDS if self._busy_lanes else self._long_poll_seconds()
                     received = await self._receive(self.mapping.batch_size, wait)
                     self._waiting.extend(received)  # the deque is never replaced, only changed in place
         lane = self._ready_lane()
@@ -201,20 +211,18 @@ class SqsSource(Source):
         """Receive and hold messages. One already held here (SQS delivers at least once, and a
         lapsed visibility hands a message out again) is not returned a second time: it is still in
         flight, and only its receipt handle and visibility are renewed."""
-        messages = await self._queue.receive(count, wait_seconds, self._hold_seconds)
+        messages = await self._queue.receive(count, wait_seconds, self._holding.hold_seconds)
         received_at = time.monotonic()
+        if messages:
+            self._last_message_at = received_at
         fresh = [record for message in messages if (record := self._hold(message, received_at)) is not None]
         self._oldest_age.set(max((time.time() - record.arrived_at for record in fresh), default=0.0))
         return fresh
 
     def _hold(self, message: dict[str, Any], received_at: float) -> Record | None:
-        visible_at = received_at + self._hold_seconds
-        held = self._held.get(message["MessageId"])
-        if held is not None:
-            held.receipt_handle, held.visible_at = message["ReceiptHandle"], visible_at
+        if not self._holding.hold(message, received_at):
             log.info("message received again while in flight here; not run twice", message_id=message["MessageId"])
             return None
-        self._held[message["MessageId"]] = Held(message["ReceiptHandle"], received_at, visible_at)
         return self._record(message)
 
     def _record(self, message: dict[str, Any]) -> Record:
@@ -241,25 +249,12 @@ class SqsSource(Source):
 
     # -- visibility and acknowledgement ------------------------------------------------------------
     async def keep_alive(self, batches: list[Batch]) -> None:
-        """Extend every held message (in flight or waiting) whose visibility lapses soon, never
-        past MAXIMUM_HOLD_SECONDS after its receive."""
-        now = time.monotonic()
-        margin = max(EXTEND_MARGIN_SECONDS, self._hold_seconds / 2)
-        due = {
-            held.receipt_handle: (held, seconds)
-            for held in self._held.values()
-            if held.visible_at - now < margin
-            and (seconds := min(self._hold_seconds, math.floor(held.received_at + MAXIMUM_HOLD_SECONDS - now))) > 0
-        }
-        extended = await self._queue.change_visibility([(handle, seconds) for handle, (_, seconds) in due.items()])
-        for handle, (held, seconds) in due.items():
-            if handle in extended:
-                held.visible_at = now + seconds
+        """Extend every held message (in flight or waiting) whose visibility lapses soon (`holding`)."""
+        await self._holding.keep_alive()
 
     def hold_deadline(self, batch: Batch) -> float | None:
-        """MAXIMUM_HOLD_SECONDS after the receive of the batch's oldest message."""
-        received = [held.received_at for record in batch.records if (held := self._held.get(record.item_id))]
-        return min(received) + MAXIMUM_HOLD_SECONDS if received else None
+        """About 12 hours after the receive of the batch's oldest message (`holding.MAXIMUM_HOLD_SECONDS`)."""
+        return self._holding.deadline(record.item_id for record in batch.records)
 
     async def release(self, batch: Batch) -> None:
         """Make the batch's messages (and, in a FIFO group, the later ones already received)
@@ -271,8 +266,8 @@ class SqsSource(Source):
             for record in later:
                 self._waiting.remove(record)
             returning += later
-        held = [self._held.pop(record.item_id, None) for record in returning]
-        await self._queue.change_visibility([(item.receipt_handle, 0) for item in held if item is not None])
+        held = self._holding.let_go(record.item_id for record in returning)
+        await self._queue.change_visibility([(item.receipt_handle, 0) for item in held])
 
     async def settle(self, batch: Batch, failed: frozenset[str]) -> None:
         """Delete the done records; let the failed ones (and, in a FIFO group that failed, every
@@ -285,29 +280,19 @@ class SqsSource(Source):
                 for record in later:
                     self._waiting.remove(record)
                 back += later
-        done = [self._held.pop(record.item_id, None) for record in batch.records if record.item_id not in failed]
-        returning = [self._held.pop(record.item_id, None) for record in back]
-        self._deleted.inc(await self._queue.delete([held.receipt_handle for held in done if held is not None]))
-        now = time.monotonic()
-        await self._queue.change_visibility(
-            [
-                (held.receipt_handle, max(0, math.ceil(held.received_at + self._visibility_timeout - now)))
-                for held in returning
-                if held is not None and self._was_extended(held)
-            ]
-        )
+        done = self._holding.let_go(record.item_id for record in batch.records if record.item_id not in failed)
+        returning = self._holding.let_go(record.item_id for record in back)
+        self._deleted.inc(await self._queue.delete([held.receipt_handle for held in done]))
+        await self._holding.give_back(returning)
 
-    @property
-    def _hold_seconds(self) -> int:
-        return max(self._visibility_timeout, MINIMUM_HOLD_SECONDS)
-
-    def _was_extended(self, held: Held) -> bool:
-        """A message never extended reappears on its own, exactly when SQS would bring it back."""
-        return held.visible_at > held.received_at + self._visibility_timeout
+    def _long_poll_seconds(self) -> int:
+        """As long as the queue has been quiet, from SHORTEST_WAIT_SECONDS to SQS's 20 s."""
+        if self._last_message_at is None:
+            return RECEIVE_WAIT_SECONDS
+        quiet = time.monotonic() - self._last_message_at
+        return min(RECEIVE_WAIT_SECONDS, max(SHORTEST_WAIT_SECONDS, math.ceil(quiet)))
 
 
-def _wait_seconds(window_remaining: float | None) -> int:
-    """Long-poll the full 20 s while nothing is gathered; within a window, until it closes."""
-    if window_remaining is None:
-        return RECEIVE_WAIT_SECONDS
+def _window_wait_seconds(window_remaining: float) -> int:
+    """Within a batching window, long-poll until it closes."""
     return min(RECEIVE_WAIT_SECONDS, math.ceil(window_remaining))
