@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from redis import Redis
 
@@ -53,10 +54,12 @@ def drain_rate(
 def run_headwater(redis: Redis, url: str, events: int) -> float:
     config = parse_config({"Functions": [{"FunctionName": "noop", "Handler": "examples.handlers.noop"}]})
     client = Client(config, redis)
+    before = command_calls(redis)
     started = time.perf_counter()
     for _ in range(events):
         client.invoke("noop", {}, InvocationType.EVENT)
     accept = events / (time.perf_counter() - started)
+    enqueued = command_calls(redis)
     print(f"  headwater: accepted {accept:,.0f} Event invocations/s (client, one at a time)")
     config_file = Path(tempfile.mkdtemp()) / "bench.yaml"
     config_file.write_text("Functions:\n  - FunctionName: noop\n    Handler: examples.handlers.noop\n")
@@ -80,9 +83,20 @@ def run_headwater(redis: Redis, url: str, events: int) -> float:
         return sum(int(redis.llen(key)) for key in redis.scan_iter("headwater:processing:*"))
 
     try:
-        return drain_rate(redis, events, lambda: int(redis.llen("rq:queue:headwater.noop")), in_flight, worker)
+        rate = drain_rate(redis, events, lambda: int(redis.llen("rq:queue:headwater.noop")), in_flight, worker)
     finally:
         stop(worker)
+    drained = command_calls(redis)
+    per_enqueue, per_run = (enqueued - before) / events, (drained - enqueued) / events
+    print(f"  headwater: Redis commands per event {per_enqueue:.1f} to accept, {per_run:.1f} to run (scripts' inside)")
+    return rate
+
+
+def command_calls(redis: Redis) -> int:
+    """Commands Redis has executed (those run inside scripts included), less this bench's own polling."""
+    stats = cast(dict[str, dict[str, int]], redis.info("commandstats"))
+    ours = {"cmdstat_llen", "cmdstat_scan", "cmdstat_info", "cmdstat_flushall"}
+    return sum(int(stat["calls"]) for name, stat in stats.items() if name not in ours)
 
 
 def run_rq(redis: Redis, url: str, events: int, worker_class: str) -> float:
@@ -141,7 +155,7 @@ def main() -> None:
     print(f"{args.events} no-op events, one worker process each, Redis AOF appendfsync={args.appendfsync}")
     figures: dict[str, float] = {}
     try:
-        for name, run in [
+        runs: list[tuple[str, Callable[[], float]]] = [
             ("headwater", lambda: run_headwater(redis, server.url, args.events)),
             ("rq SimpleWorker", lambda: run_rq(redis, server.url, args.events, "rq.worker.SimpleWorker")),
             (
@@ -149,14 +163,15 @@ def main() -> None:
                 lambda: run_rq(redis, server.url, max(200, args.events // 10), "rq.worker.Worker"),
             ),
             ("celery solo", lambda: run_celery(redis, server.url, args.events)),
-        ]:
+        ]
+        for name, run in runs:
             redis.flushall()
             figures[name] = run()
             print(f"  {name:<26} {figures[name]:>9,.0f} events/s")
     finally:
         server.stop()
     ratio = figures["headwater"] / figures["celery solo"]
-    print(f"headwater / celery solo = {ratio:.2f}  (goal: >= 1.00)")
+    print(f"headwater / celery solo = {ratio:.2f}  (goal: >= 2.00)")
     print(f"headwater / rq SimpleWorker = {figures['headwater'] / figures['rq SimpleWorker']:.2f}")
 
 

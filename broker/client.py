@@ -7,19 +7,24 @@ client.invoke("resize", {"key": "cat.png"}, InvocationType.EVENT)   # 202 and a 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
-from typing import Any
-
-from redis import Redis
-from redis.exceptions import RedisError
+from typing import TYPE_CHECKING, Any
 
 from broker import connection, keys, metrics, payload, records
 from broker.config import Config, Function
+from broker.connection import StoreError
 from broker.errors import FunctionNotFound, HeadwaterError, InvocationTimedOut, StoreUnavailable, TooManyRequests
 from broker.model import Invocation, InvocationType, Status
 from broker.queue import InvocationQueue
 
+if TYPE_CHECKING:
+    from redis import Redis
+
 QUEUE_WAIT_ALLOWANCE_SECONDS = 60.0
+# How long the first wait for a sync call's result lasts, sent with the write itself. Short, because a
+# refused write is reported only once it ends; a slower call waits on in `wait_for_reply`'s slices.
+FIRST_WAIT_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -78,9 +83,15 @@ class Client:
         )
         invocation = invocation.replace(reply_to=keys.reply(invocation.request_id))
         assert invocation.reply_to is not None
-        self._enqueue(invocation)
         wait = timeout if timeout is not None else function.timeout + QUEUE_WAIT_ALLOWANCE_SECONDS
-        result = self.queue.wait_for_reply(invocation.reply_to, wait)
+        first_wait = min(wait, FIRST_WAIT_SECONDS)
+        started = time.monotonic()
+        try:  # the write and the first wait share a round trip: a fast call needs no other
+            result = self.queue.enqueue_and_pop_reply(invocation, first_wait)
+        except StoreError as error:
+            raise self.refusal(invocation, error) from None
+        if result is None:
+            result = self.queue.wait_for_reply(invocation.reply_to, wait - (time.monotonic() - started))
         if result is None:
             raise InvocationTimedOut(f"no result for {invocation.request_id} within {wait:.0f} s; it may still run")
         if result.status is Status.THROTTLED:
@@ -90,10 +101,10 @@ class Client:
     def _enqueue(self, invocation: Invocation) -> None:
         try:
             self.queue.enqueue(invocation)
-        except RedisError as error:
+        except StoreError as error:
             raise self.refusal(invocation, error) from None
 
-    def refusal(self, invocation: Invocation, error: RedisError) -> HeadwaterError:
+    def refusal(self, invocation: Invocation, error: StoreError) -> HeadwaterError:
         """Why `invocation` was not accepted, said plainly: a store refusing writes is a throttle
         (retry later, as after any 429); an unreachable one is a 503 that may have stored it.
         Public for callers that enqueue through the queue themselves (the API batches `Event`s)."""

@@ -94,5 +94,8 @@ def shard_replicas(uuid: str) -> str:
 
 
 def shard_clock(uuid: str) -> str:
-    """Redis's time (ms) when a mapping's shard leases were last balanced: stale means Redis was away."""
+    """A mapping's shard clock: `"<ms> <run_id>"` of its last balance (Redis's time and the server's
+    run id). A stale one alone no longer means Redis was away (the replicas may have been): the
+    balance grants an outage grace only if Redis also restarted (another run id) or the worker
+    leases' clock (`CLOCK`) went stale too."""
     return f"{PREFIX}:shard-clock:{uuid}"

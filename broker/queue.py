@@ -1,7 +1,8 @@
 """The invocation queue: the only place that knows how invocations are stored in Redis.
 
-Producers store real rq jobs (rq's JSON serializer, never pickle) on one rq queue per function,
-so a backlog on one function never sits in front of another and rq's tools can see the jobs.
+Producers store jobs in rq's JSON job form (never pickle; see `broker.job_codec`, the only module
+that reads or writes a job's data) on one rq-named queue per function, so a backlog on one function
+never sits in front of another and rq's tools and KEDA's list trigger can see the queues.
 A job is always in exactly one place: a function queue, the schedule, one worker's processing
 list, or the quarantine.
 
@@ -31,22 +32,20 @@ from __future__ import annotations
 import json
 import time
 import uuid
-import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 from redis import Redis
 from redis.exceptions import NoScriptError
-from rq import Queue
-from rq.serializers import JSONSerializer
 
-from broker import keys, queue_scripts
+from broker import job_codec, keys, queue_scripts
 from broker.connection import wait_for_replicas
 from broker.errors import StoreUnavailable
+from broker.job_codec import UndecodableJobError, decode
 from broker.model import Invocation, Result
+from broker.queue_inspection import QueueInspection, as_text
 
-JOB_HANDLER = "workers.invoke.run"  # the callable recorded in each rq job, for rq's tools; never imported
 BLOCK_SLICE_SECONDS = 2.0
 REPLY_TTL_SECONDS = 3600
 SCRIPT_NAMES = (
@@ -61,10 +60,6 @@ SCRIPT_NAMES = (
     "REQUEUE",
     "DROP",
 )
-
-
-class UndecodableJobError(ValueError):
-    """A claimed job whose data is not an invocation this release can run; it goes to quarantine."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,15 +94,6 @@ class Completion:
 
 
 @dataclass(frozen=True, slots=True)
-class QuarantinedJob:
-    job_id: str
-    function_name: str
-    reason: str
-    quarantined_at: float
-    has_data: bool
-
-
-@dataclass(frozen=True, slots=True)
 class Lease:
     """A heartbeat's answer: `renewed` False means the worker held no lease before this beat."""
 
@@ -115,24 +101,11 @@ class Lease:
     graced: int  # leases extended because Redis had been away
 
 
-@dataclass(frozen=True, slots=True)
-class QueueStatus:
-    """Where a set of functions' jobs are now (`headwater status`), and the workers' leases.
+class InvocationQueue(QueueInspection):
+    """Enqueue, claim, complete, schedule, quarantine and hand back invocations on one Redis.
 
-    `running` counts the jobs in workers' processing lists: the one each worker runs and those it
-    claimed ahead (prefetch). `workers_expired` have a lapsed lease whose jobs are not handed back yet."""
-
-    queued: dict[str, int]
-    running: dict[str, int]
-    scheduled: dict[str, int]  # retries and throttle backoffs waiting for their due time
-    quarantined: dict[str, int]
-    workers_alive: int
-    workers_expired: int
-    workers_serving: dict[str, int]  # live workers per function (a worker may serve several)
-
-
-class InvocationQueue:
-    """Enqueue, claim, complete, schedule, quarantine and hand back invocations on one Redis."""
+    What only looks (depths, `status`, the quarantine's listing, a worker's held jobs) is inherited
+    from `QueueInspection`, which `headwater status` can use alone."""
 
     def __init__(
         self,
@@ -141,11 +114,10 @@ class InvocationQueue:
         durable_replicas: int = 0,
         durable_wait_timeout_ms: int = 1000,
     ) -> None:
-        self.redis = redis
+        super().__init__(redis)
         self.heartbeat_ttl_seconds = heartbeat_ttl_seconds
         self.durable_replicas = durable_replicas
         self.durable_wait_timeout_ms = durable_wait_timeout_ms
-        self._rq_queues: dict[str, Queue] = {}
         self._scripts = {name: redis.register_script(getattr(queue_scripts, name)) for name in SCRIPT_NAMES}
         self._rotation = 0
         self._claims = 0
@@ -153,7 +125,7 @@ class InvocationQueue:
 
     # -- producers ---------------------------------------------------------------------------
     def enqueue(self, invocation: Invocation, delay_seconds: float = 0.0) -> str:
-        """Store the invocation as an rq job (with a delay it waits in the schedule); return its id.
+        """Store the invocation as a job (with a delay it waits in the schedule); return its id.
 
         In durable mode this returns only once `durable_replicas` replicas hold the job."""
         job_id, arguments = self._job_arguments(invocation, delay_seconds)
@@ -170,11 +142,33 @@ class InvocationQueue:
         if acknowledged < self.durable_replicas:
             # The job may still be stored (the caller's retry can then run it twice: at-least-once),
             # but only an acknowledged invocation is sure to survive the loss of the primary.
-            raise StoreUnavailable(
-                f"invocation {job_id} reached {acknowledged} of {self.durable_replicas} required replica(s) "
-                f"within {self.durable_wait_timeout_ms} ms (Headwater.DurableReplicas); retry the call"
-            )
+            raise self._too_few_replicas(job_id, acknowledged)
         return job_id
+
+    def enqueue_and_pop_reply(self, invocation: Invocation, timeout_seconds: float) -> Result | None:
+        """Store a call that has a `reply_to` and wait up to `timeout_seconds` for its result, in one
+        round trip where it can (a pipeline: the write, then BLPOP on the reply key), so a fast call
+        is answered without a second trip. A refused write raises as `enqueue` would, once the pop
+        has timed out: keep the timeout short and continue with `wait_for_reply`.
+
+        In durable mode the write is acknowledged by the replicas (`enqueue`) before the wait starts."""
+        assert invocation.reply_to is not None, "only a call someone waits for has a reply key"
+        if self.durable_replicas:
+            self.enqueue(invocation)
+            return self.pop_reply(invocation.reply_to, timeout_seconds)
+        arguments = self._job_arguments(invocation, 0.0)[1]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.evalsha(self._scripts["ENQUEUE"].sha, 0, *arguments)
+        pipe.blpop([invocation.reply_to], timeout=timeout_seconds)
+        stored, popped = pipe.execute(raise_on_error=False)
+        if isinstance(stored, NoScriptError):  # Redis lost its scripts (restart): nothing was written
+            self._run("ENQUEUE", [], arguments)
+            return self.pop_reply(invocation.reply_to, timeout_seconds)
+        if isinstance(stored, Exception):
+            raise stored
+        if isinstance(popped, Exception):
+            raise popped
+        return None if popped is None else Result.from_wire(popped[1])
 
     def enqueue_many(self, invocations: Sequence[Invocation]) -> list[str | Exception]:
         """Store several invocations in one round trip: a pipeline (not a transaction) of ENQUEUE calls.
@@ -194,12 +188,7 @@ class InvocationQueue:
             if isinstance(answer, Exception):
                 outcomes.append(answer)
             elif acknowledged is not None and acknowledged < self.durable_replicas:
-                outcomes.append(
-                    StoreUnavailable(
-                        f"invocation {job_id} reached {acknowledged} of {self.durable_replicas} required replica(s) "
-                        f"within {self.durable_wait_timeout_ms} ms (Headwater.DurableReplicas); retry the call"
-                    )
-                )
+                outcomes.append(self._too_few_replicas(job_id, acknowledged))
             else:
                 outcomes.append(job_id)
         return outcomes
@@ -231,46 +220,6 @@ class InvocationQueue:
             self.redis.script_load(script.script)
         return answers, acknowledged
 
-    def job_pending(self, job_id: str) -> bool:
-        """Whether the job still exists and is not quarantined (its outcome may still come)."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.exists(keys.RQ_JOB_KEY_PREFIX + job_id)
-        pipe.hexists(keys.QUARANTINE, job_id)
-        exists, quarantined = pipe.execute()
-        return bool(exists) and not quarantined
-
-    def depth(self, function_name: str) -> int:
-        return int(self.redis.llen(keys.RQ_QUEUE_KEY_PREFIX + keys.queue_name(function_name)))
-
-    def status(self, function_names: list[str]) -> QueueStatus:
-        """A read-only snapshot of every place a job can be (two round trips; nothing is locked, so
-        a job moving meanwhile may be counted in two places or in none)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for name in function_names:
-            pipe.llen(keys.RQ_QUEUE_KEY_PREFIX + keys.queue_name(name))
-        pipe.zrange(keys.WORKERS, 0, -1, withscores=True)
-        pipe.zrange(keys.SCHEDULED, 0, -1)
-        pipe.hvals(keys.QUARANTINE)
-        pipe.hgetall(keys.WORKER_FUNCTIONS)
-        pipe.time()
-        *lengths, workers, scheduled, quarantined, served, (seconds, micros) = pipe.execute()
-        holding = self.redis.pipeline(transaction=False)
-        for worker_id, _ in workers:
-            holding.lrange(keys.processing(_text(worker_id)), 0, -1)
-        held = [entry for entries in holding.execute() for entry in entries]
-        now_ms = seconds * 1000 + micros // 1000
-        live = [_text(worker_id) for worker_id, deadline in workers if deadline > now_ms]
-        serving = [_text(served.get(worker_id.encode(), b"")).split("\t") for worker_id in live]
-        return QueueStatus(
-            queued=dict(zip(function_names, (int(n) for n in lengths), strict=True)),
-            running=_count_by_function(function_names, (keys.split_entry(_text(e))[0] for e in held)),
-            scheduled=_count_by_function(function_names, (keys.split_entry(_text(e))[0] for e in scheduled)),
-            quarantined=_count_by_function(function_names, (str(_reason(d).get("queue", "")) for d in quarantined)),
-            workers_alive=len(live),
-            workers_expired=len(workers) - len(live),
-            workers_serving={name: sum(name in names for names in serving) for name in function_names},
-        )
-
     # -- results for waiting callers ------------------------------------------------------------
     def wait_for_reply(self, reply_to: str, timeout_seconds: float) -> Result | None:
         """Block for the result in short slices: redis-py gives every socket read a 5 s timeout."""
@@ -286,35 +235,52 @@ class InvocationQueue:
         return None if popped is None else Result.from_wire(popped[1])
 
     # -- workers --------------------------------------------------------------------------------
-    def claim(self, worker_id: str, function_names: list[str], max_jobs: int) -> Claimed:
+    def claim(self, worker_id: str, function_names: list[str], max_jobs: int, wait_seconds: float = 0.0) -> Claimed:
         """Move up to `max_jobs` jobs into the worker's processing list; the first is marked started.
 
-        Jobs that cannot be decoded are quarantined here and not returned."""
+        With `wait_seconds`, first wait (up to that long) for a wake token of one of the functions:
+        the wait and the claim go in one pipeline, so Redis runs the claim the moment the wait ends,
+        without a round trip to the worker in between. Jobs that cannot be decoded are quarantined
+        here and not returned."""
         if not function_names:
             return Claimed([], [])
         self._rotation = (self._rotation + 1) % len(function_names)
         self._claims += 1
         names = [keys.queue_name(name) for name in function_names]
-        raw = cast(
-            list[Any],
-            self._run(
-                "CLAIM",
-                [keys.processing(worker_id), keys.WORKERS, keys.QUARANTINE],
-                [worker_id, max_jobs, self._rotation, f"{self._token_prefix}{self._claims}", *names],
-            ),
-        )
+        script_keys = [keys.processing(worker_id), keys.WORKERS, keys.QUARANTINE]
+        arguments = [worker_id, max_jobs, self._rotation, f"{self._token_prefix}{self._claims}", *names]
+        if wait_seconds > 0:
+            raw = self._claim_after_wait(names, wait_seconds, script_keys, arguments)
+        else:
+            raw = cast(list[Any], self._run("CLAIM", script_keys, arguments))
         if int(raw[0]) < 0:
             return Claimed([], [], lease_lost=True)
-        quarantined = [keys.function_of_queue(queue) for queue in _text(raw[1]).split("\t") if queue]
+        quarantined = [keys.function_of_queue(queue) for queue in as_text(raw[1]).split("\t") if queue]
         claims: list[Claim] = []
         for i in range(2, len(raw), 3):
-            entry = _text(raw[i])
+            entry = as_text(raw[i])
             try:
                 claims.append(Claim(entry, decode(raw[i + 1]), int(raw[i + 2])))
             except UndecodableJobError as error:
                 if self.quarantine(worker_id, entry, str(error)):
                     quarantined.append(keys.function_of_queue(keys.split_entry(entry)[0]))
         return Claimed(claims, quarantined)
+
+    def _claim_after_wait(
+        self, queue_names: list[str], wait_seconds: float, script_keys: list[str], arguments: list[Any]
+    ) -> list[Any]:
+        """CLAIM's reply, sent behind a BLPOP on the wake tokens. A claim that met NOSCRIPT (Redis
+        lost its scripts) did nothing and is sent again once the script is loaded."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.blpop([keys.wake(name) for name in queue_names], timeout=wait_seconds)
+        pipe.evalsha(self._scripts["CLAIM"].sha, len(script_keys), *script_keys, *arguments)
+        woken, raw = pipe.execute(raise_on_error=False)
+        if isinstance(raw, NoScriptError):
+            return cast(list[Any], self._run("CLAIM", script_keys, arguments))
+        for reply in (woken, raw):
+            if isinstance(reply, Exception):
+                raise reply
+        return cast(list[Any], raw)
 
     def complete(
         self,
@@ -340,42 +306,11 @@ class InvocationQueue:
         document = json.dumps({"queue": queue, "reason": reason, "at": time.time()})
         return bool(self._run("QUARANTINE", [keys.processing(worker_id), keys.QUARANTINE], [entry, document]))
 
-    def quarantined(self) -> list[QuarantinedJob]:
-        raw = cast(dict[bytes, bytes], self.redis.hgetall(keys.QUARANTINE))
-        pipe = self.redis.pipeline(transaction=False)
-        for job_id in raw:
-            pipe.hexists(keys.RQ_JOB_KEY_PREFIX + _text(job_id), "data")
-        found = pipe.execute()
-        jobs = []
-        for (job_id, document), has_data in zip(raw.items(), found, strict=True):
-            details = _reason(document)
-            jobs.append(
-                QuarantinedJob(
-                    job_id=_text(job_id),
-                    function_name=keys.function_of_queue(str(details.get("queue", ""))),
-                    reason=str(details.get("reason", "")),
-                    quarantined_at=float(details.get("at", 0.0)),
-                    has_data=bool(has_data),
-                )
-            )
-        return sorted(jobs, key=lambda job: job.quarantined_at)
-
-    def quarantine_size(self) -> int:
-        return int(self.redis.hlen(keys.QUARANTINE))
-
     def requeue_quarantined(self, job_id: str) -> bool:
         return bool(self._run("REQUEUE", [keys.QUARANTINE], [job_id]))
 
     def drop_quarantined(self, job_id: str) -> bool:
         return bool(self._run("DROP", [keys.QUARANTINE], [job_id]))
-
-    def held(self, worker_id: str) -> set[str]:
-        """The entries the worker's processing list holds now."""
-        return {_text(entry) for entry in cast(list[bytes], self.redis.lrange(keys.processing(worker_id), 0, -1))}
-
-    def wait_for_work(self, function_names: list[str], timeout_seconds: float) -> None:
-        """Block until work arrives for one of these functions (only their workers are woken)."""
-        self.redis.blpop([keys.wake(keys.queue_name(name)) for name in function_names], timeout=timeout_seconds)
 
     def hand_back(self, worker_id: str) -> int:
         """Return every job the worker holds to the front of its queue (shutdown)."""
@@ -415,78 +350,18 @@ class InvocationQueue:
         ttl_ms = int(self.heartbeat_ttl_seconds * 1000)
         return ttl_ms, ttl_ms // 2, ttl_ms
 
+    def _too_few_replicas(self, job_id: str, acknowledged: int) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"invocation {job_id} reached {acknowledged} of {self.durable_replicas} required replica(s) "
+            f"within {self.durable_wait_timeout_ms} ms (Headwater.DurableReplicas); retry the call"
+        )
+
     def _run(self, script: str, script_keys: list[str], arguments: list[Any]) -> Any:
         return self._scripts[script](keys=script_keys, args=arguments)
 
     def _job_arguments(self, invocation: Invocation, delay_seconds: float) -> tuple[str, list[Any]]:
-        """An rq job as the scripts' 'job' record: queue, id, delay, field count, fields."""
-        queue = self._rq_queue(keys.queue_name(invocation.function_name))
-        job = queue.create_job(
-            JOB_HANDLER,
-            args=[invocation.to_wire()],
-            result_ttl=0,
-            timeout=-1,
-            description=f"{invocation.function_name} {invocation.request_id}",
-        )
-        job.origin = queue.name
-        fields = job.to_dict()
-        fields["status"] = "scheduled" if delay_seconds > 0 else "queued"
-        fields["enqueued_at"] = fields["created_at"]
-        flat: list[Any] = []
-        for name, value in fields.items():
-            flat += [name, str(value) if not isinstance(value, bytes | int | float) else value]
+        """A job as the scripts' 'job' record: queue, id, delay, field count, fields (see `job_codec`)."""
+        job_id = str(uuid.uuid4())
         delay = repr(float(delay_seconds)) if delay_seconds > 0 else ""
-        return str(job.id), ["job", queue.name, job.id, delay, len(fields), *flat]
-
-    def _rq_queue(self, name: str) -> Queue:
-        queue = self._rq_queues.get(name)
-        if queue is None:
-            queue = Queue(name, connection=self.redis, serializer=JSONSerializer)
-            self._rq_queues[name] = queue
-        return queue
-
-
-def decode(data: bytes | str) -> Invocation:
-    """Read an rq job's `data`: zlib-compressed JSON `[func, instance, args, kwargs]` (rq's JSON form).
-
-    Fields a newer release added are ignored; anything else that is not an invocation raises
-    `UndecodableJobError` with the reason, and the job is quarantined."""
-    try:
-        raw = zlib.decompress(data if isinstance(data, bytes) else data.encode("latin-1"))
-    except zlib.error as error:
-        raise UndecodableJobError(f"job data is not rq's compressed form ({error})") from None
-    try:
-        document = json.loads(raw)
-        wire = document[2][0]
-    except (ValueError, IndexError, KeyError, TypeError) as error:
-        raise UndecodableJobError(f"job data is not rq's JSON job form ({type(error).__name__}: {error})") from None
-    if not isinstance(wire, dict):
-        raise UndecodableJobError("job argument is not an invocation object")
-    try:
-        return Invocation.from_wire(wire)
-    except (ValueError, KeyError, TypeError) as error:
-        raise UndecodableJobError(
-            f"job is not an invocation this release can run ({type(error).__name__}: {error})"
-        ) from None
-
-
-def _reason(document: bytes) -> dict[str, Any]:
-    try:
-        details = json.loads(document)
-    except ValueError:
-        return {"reason": _text(document)}
-    return details if isinstance(details, dict) else {"reason": str(details)}
-
-
-def _count_by_function(function_names: list[str], queues: Iterable[str]) -> dict[str, int]:
-    """How many of `queues` (queue names, one per job) belong to each of the functions."""
-    counts = dict.fromkeys(function_names, 0)
-    for queue in queues:
-        name = keys.function_of_queue(queue)
-        if name in counts:
-            counts[name] += 1
-    return counts
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+        queue = keys.queue_name(invocation.function_name)
+        return job_id, ["job", queue, job_id, delay, 1, "data", job_codec.encode(invocation)]

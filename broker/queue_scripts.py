@@ -84,13 +84,13 @@ local function write_followups(i)
 end
 -- Marks the entry's job started once per claim (idempotent for a retried commit); returns the count.
 local function mark_started(entry)
-  local _, id, token = string.match(entry, '^([^\\t]*)\\t([^\\t]*)\\t?(.*)$')
+  local _, id = split(entry)
   local key = 'rq:job:' .. id
-  if redis.call('HGET', key, 'headwater_start_token') == entry then
-    return tonumber(redis.call('HGET', key, 'headwater_starts') or '1')
-  end
-  redis.call('HSET', key, 'headwater_start_token', entry)
-  return redis.call('HINCRBY', key, 'headwater_starts', 1)
+  local seen = redis.call('HMGET', key, 'headwater_start_token', 'headwater_starts')
+  if seen[1] == entry then return tonumber(seen[2] or '1') end
+  local starts = tonumber(seen[2] or '0') + 1
+  redis.call('HSET', key, 'headwater_start_token', entry, 'headwater_starts', starts)
+  return starts
 end
 """
 
@@ -117,7 +117,7 @@ local now = now_ms()
 local lease = redis.call('ZSCORE', KEYS[2], worker)
 if not lease or tonumber(lease) < now then return {-1, ''} end
 local n = #ARGV - 4
-local out, empty, i, missing = {0, ''}, 0, 0, {}
+local out, empty, i, missing, entries = {0, ''}, 0, 0, {}, {}
 while #out < 2 + 3 * max and empty < n do
   local queue = ARGV[5 + ((start + i) % n)]
   local id = redis.call('LPOP', 'rq:queue:' .. queue)
@@ -130,7 +130,7 @@ while #out < 2 + 3 * max and empty < n do
       table.insert(missing, queue)
     else
       local entry = queue .. '\\t' .. id .. '\\t' .. token
-      redis.call('RPUSH', KEYS[1], entry)
+      table.insert(entries, entry)
       local starts = 0
       if #out == 2 then starts = mark_started(entry) end
       table.insert(out, entry)
@@ -142,6 +142,7 @@ while #out < 2 + 3 * max and empty < n do
   end
   i = i + 1
 end
+if #entries > 0 then redis.call('RPUSH', KEYS[1], unpack(entries)) end  -- one write for the whole claim
 out[2] = table.concat(missing, '\\t')
 return out
 """

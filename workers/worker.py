@@ -24,12 +24,11 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TypeVar
 
-from redis.exceptions import RedisError
-
 from broker import connection, keys, metrics, records
 from broker.backoff import Backoff
 from broker.concurrency import ConcurrencyLimiter
 from broker.config import Config
+from broker.connection import StoreError
 from broker.errors import StoreUnavailable
 from broker.function_overrides import FunctionOverrides, OverridesView
 from broker.logs import get_logger
@@ -85,6 +84,7 @@ class Worker:
         self._stopped = threading.Event()
         self._lease_lost = threading.Event()  # set by housekeeping: prefetched claims are no longer ours
         self._registered = False
+        self._found_nothing = False  # the last claim came back empty: the next one waits for work first
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def stop(self, *_: object) -> None:
@@ -179,7 +179,7 @@ class Worker:
                     "grace period over: invocation cut off and handed back", request_id=claim.invocation.request_id
                 )
                 return None
-            except (RedisError, StoreUnavailable) as error:
+            except (StoreError, StoreUnavailable) as error:
                 if self._past_grace():
                     return None
                 self._note_store_error("run", error)
@@ -198,7 +198,9 @@ class Worker:
 
     def _claim(self) -> list[Claim]:
         def claim() -> list[Claim]:
-            claimed = self.queue.claim(self.id, self.function_names, self.prefetch)
+            wait = IDLE_WAIT_SECONDS if self._found_nothing else 0.0  # an idle worker waits for a wake token
+            claimed = self.queue.claim(self.id, self.function_names, self.prefetch, wait_seconds=wait)
+            self._found_nothing = not claimed.claims and not claimed.lease_lost
             for function_name in claimed.quarantined:
                 metrics.QUARANTINED.labels(function_name).inc()
                 log.error(
@@ -208,8 +210,6 @@ class Worker:
                 self._renew_lease()
                 return []
             self._mark_busy(bool(claimed.claims))
-            if not claimed.claims:
-                self.queue.wait_for_work(self.function_names, IDLE_WAIT_SECONDS)
             return claimed.claims
 
         return self._store(claim, "claim", until=lambda: self.stopping) or []
@@ -251,7 +251,7 @@ class Worker:
         while True:
             try:
                 return call()
-            except (RedisError, StoreUnavailable) as error:
+            except (StoreError, StoreUnavailable) as error:
                 self._note_store_error(operation, error)
                 if until():
                     return None
@@ -278,7 +278,7 @@ class Worker:
             self.queue.retire(self.id)
             if handed_back:
                 log.info("handed back unfinished jobs", count=handed_back)
-        except (RedisError, StoreUnavailable) as error:
+        except (StoreError, StoreUnavailable) as error:
             log.error("could not hand jobs back; they return when this worker's lease lapses", error=str(error))
         self._runtime.close()
         self._deliveries.close()
@@ -296,5 +296,5 @@ class Worker:
                     recovered = self.queue.recover_dead_workers()
                     if recovered:
                         log.warning("recovered jobs of a dead worker", count=recovered)
-            except (RedisError, StoreUnavailable) as error:
+            except (StoreError, StoreUnavailable) as error:
                 self._note_store_error("housekeeping", error)

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -62,7 +62,8 @@ class Stack:
         """The registered workers of this stack's pools (or of one): other suites' session-wide pools
         may share the session Redis, and their workers must not count here."""
         parents = {pool.pid} if pool is not None else {running.pid for running in self.running_pools()}
-        registered = [int(member.decode().split(":")[1]) for member in self.redis.zrange("headwater:workers", 0, -1)]
+        members = cast(list[bytes], self.redis.zrange("headwater:workers", 0, -1))  # a client that does not decode
+        registered = [int(member.decode().split(":")[1]) for member in members]
         return [pid for pid in registered if _parent_of(pid) in parents]
 
     def logs(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -11,6 +12,7 @@ import pytest
 
 from broker.model import Invocation, InvocationType
 from broker.queue import InvocationQueue
+from tests.workers.conftest import Stack
 
 ACCOUNT = "123456789012"
 
@@ -34,7 +36,9 @@ def receive_all(client: Any, url: str, expected: int, timeout: float = 20.0) -> 
     return messages
 
 
-def test_failing_event_is_tried_three_times_then_dead_lettered_and_recorded(aws_env, make_stack):
+def test_failing_event_is_tried_three_times_then_dead_lettered_and_recorded(
+    aws_env: dict[str, str], make_stack: Callable[..., Stack]
+) -> None:
     sqs, dlq_url, dlq_arn = sqs_queue("orders-dlq")
     _, failed_url, failed_arn = sqs_queue("orders-failed")
     stack = make_stack(
@@ -83,7 +87,7 @@ def test_failing_event_is_tried_three_times_then_dead_lettered_and_recorded(aws_
     assert len(stack.noted()) == 3  # exactly three attempts, no more
 
 
-def test_success_yields_an_on_success_record(aws_env, make_stack):
+def test_success_yields_an_on_success_record(aws_env: dict[str, str], make_stack: Callable[..., Stack]) -> None:
     sqs, url, _ = sqs_queue("orders-ok")
     stack = make_stack(
         [
@@ -105,7 +109,9 @@ def test_success_yields_an_on_success_record(aws_env, make_stack):
     assert record["responsePayload"] == {"echo": {"order": 8}}
 
 
-def test_zero_reserved_concurrency_discards_at_once_without_running(aws_env, make_stack):
+def test_zero_reserved_concurrency_discards_at_once_without_running(
+    aws_env: dict[str, str], make_stack: Callable[..., Stack]
+) -> None:
     sqs, url, arn = sqs_queue("throttled-failed")
     stack = make_stack(
         [
@@ -128,7 +134,9 @@ def test_zero_reserved_concurrency_discards_at_once_without_running(aws_env, mak
     assert stack.noted() == []
 
 
-def test_an_event_older_than_its_maximum_age_is_discarded(aws_env, make_stack):
+def test_an_event_older_than_its_maximum_age_is_discarded(
+    aws_env: dict[str, str], make_stack: Callable[..., Stack]
+) -> None:
     sqs, url, arn = sqs_queue("aged-failed")
     stack = make_stack(
         [
@@ -154,7 +162,9 @@ def test_an_event_older_than_its_maximum_age_is_discarded(aws_env, make_stack):
     assert stack.noted() == []
 
 
-def test_a_function_destination_receives_the_record_as_its_event(redis_url, make_stack):
+def test_a_function_destination_receives_the_record_as_its_event(
+    redis_url: str, make_stack: Callable[..., Stack]
+) -> None:
     stack = make_stack(
         [
             {
@@ -179,7 +189,9 @@ def test_a_function_destination_receives_the_record_as_its_event(redis_url, make
     assert audit["requestContext"]["approximateInvokeCount"] == 1
 
 
-def test_an_unreachable_destination_is_retried_and_the_record_is_not_lost(aws_env, make_stack):
+def test_an_unreachable_destination_is_retried_and_the_record_is_not_lost(
+    aws_env: dict[str, str], make_stack: Callable[..., Stack]
+) -> None:
     missing_arn = f"arn:aws:sqs:us-east-1:{ACCOUNT}:created-later"
     stack = make_stack(
         [
@@ -202,7 +214,9 @@ def test_an_unreachable_destination_is_retried_and_the_record_is_not_lost(aws_en
 
 
 @pytest.mark.parametrize("retries", [0, 1])
-def test_maximum_retry_attempts_bounds_the_attempts(redis_url, make_stack, retries):
+def test_maximum_retry_attempts_bounds_the_attempts(
+    redis_url: str, make_stack: Callable[..., Stack], retries: int
+) -> None:
     stack = make_stack(
         [
             {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -69,7 +70,7 @@ def poison_jobs(redis: Redis) -> dict[str, str]:
     return ids
 
 
-def test_quarantine_list_shows_each_poison_job_with_its_reason(redis_url: str, redis: Redis):
+def test_quarantine_list_shows_each_poison_job_with_its_reason(redis_url: str, redis: Redis) -> None:
     assert headwater("quarantine", "list", redis_url=redis_url).stdout == "no jobs in quarantine\n"
     ids = poison_jobs(redis)
 
@@ -89,7 +90,7 @@ def test_quarantine_list_shows_each_poison_job_with_its_reason(redis_url: str, r
     assert (rows[ids["garbled"]][1], rows[ids["garbled"]][3], rows[ids["missing"]][3]) == ("resize", "yes", "no")
 
 
-def test_quarantine_requeue_puts_a_job_back_and_names_the_ones_it_could_not(redis_url: str, redis: Redis):
+def test_quarantine_requeue_puts_a_job_back_and_names_the_ones_it_could_not(redis_url: str, redis: Redis) -> None:
     ids = poison_jobs(redis)
     queue = InvocationQueue(redis)
 
@@ -106,7 +107,7 @@ def test_quarantine_requeue_puts_a_job_back_and_names_the_ones_it_could_not(redi
     assert [job.job_id for job in queue.quarantined()] == [ids["missing"]]
 
 
-def test_quarantine_drop_all_forgets_every_quarantined_job(redis_url: str, redis: Redis):
+def test_quarantine_drop_all_forgets_every_quarantined_job(redis_url: str, redis: Redis) -> None:
     ids = poison_jobs(redis)
 
     answer = headwater("quarantine", "drop", "--all", redis_url=redis_url)
@@ -119,7 +120,7 @@ def test_quarantine_drop_all_forgets_every_quarantined_job(redis_url: str, redis
 
 
 @pytest.mark.parametrize("arguments", [[], ["some-id", "--all"]], ids=["neither", "both"])
-def test_quarantine_actions_want_job_ids_or_all(redis_url: str, arguments: list[str]):
+def test_quarantine_actions_want_job_ids_or_all(redis_url: str, arguments: list[str]) -> None:
     answer = headwater("quarantine", "requeue", *arguments, redis_url=redis_url)
 
     assert answer.returncode == 2
@@ -139,7 +140,7 @@ def test_quarantine_actions_want_job_ids_or_all(redis_url: str, arguments: list[
 )
 def test_an_unreachable_redis_is_one_line_and_exit_2_without_the_password(
     closed_port_url: str, config_path: Path, arguments: list[str]
-):
+) -> None:
     config = ["--config", str(config_path)] if arguments[0] in ("invoke", "mappings") else []
 
     answer = headwater(*arguments, *config, redis_url=closed_port_url)
@@ -154,7 +155,7 @@ def test_an_unreachable_redis_is_one_line_and_exit_2_without_the_password(
 
 def test_redis_url_option_wins_over_the_environment_before_or_after_the_command(
     redis_url: str, closed_port_url: str, redis: Redis
-):
+) -> None:
     poison_jobs(redis)
     for arguments in (
         ["--redis-url", redis_url, "quarantine", "list"],
@@ -175,7 +176,7 @@ REFUSALS = {  # how to make Redis refuse writes, how to undo it, and what its re
 @pytest.mark.parametrize("refusal", REFUSALS)
 def test_invoke_while_redis_refuses_writes_is_throttled(
     redis_server: RedisServer, redis_url: str, redis: Redis, config_path: Path, refusal: str
-):
+) -> None:
     refuse, restore, said = REFUSALS[refusal]
     redis_server.set_maxmemory(0)  # the policy a production Redis has: noeviction
     assert redis_server.command(*refuse) == b"+OK"
@@ -194,7 +195,7 @@ def test_invoke_while_redis_refuses_writes_is_throttled(
 
 def test_a_quarantine_action_while_redis_refuses_writes_is_one_line_and_changes_nothing(
     redis_server: RedisServer, redis_url: str, redis: Redis
-):
+) -> None:
     ids = poison_jobs(redis)
     redis_server.set_maxmemory(1)
     try:
@@ -209,7 +210,7 @@ def test_a_quarantine_action_while_redis_refuses_writes_is_one_line_and_changes_
     assert {job.job_id for job in InvocationQueue(redis).quarantined()} == set(ids.values())
 
 
-def test_help_version_and_log_level(redis_url: str):
+def test_help_version_and_log_level(redis_url: str) -> None:
     described = headwater("--help", redis_url=redis_url)
     assert "Lambda-style Python handlers" in described.stdout
     assert "HEADWATER_REDIS_URL" in described.stdout
@@ -221,3 +222,17 @@ def test_help_version_and_log_level(redis_url: str):
     assert "Traceback" not in wrong.stderr
     assert "argument --log-level: invalid choice: 'CHATTY'" in wrong.stderr.splitlines()[-1]
     assert headwater("quarantine", "list", "--log-level", "debug", redis_url=redis_url).returncode == 0
+
+
+def test_the_worker_command_comes_from_the_workers_package(redis_url: str, config_path: Path) -> None:
+    """`worker` is contributed through the `headwater.commands` entry point, listed where it always was,
+    and its own checks still fail as one line with exit code 2."""
+    described = headwater("--help", redis_url=redis_url).stdout
+    listed = [match[1] for match in re.finditer(r"^    ([a-z]+)\b", described, re.MULTILINE)]
+    assert listed[:4] == ["validate", "invoke", "worker", "poll"]
+    assert "--prefetch" in headwater("worker", "--help", redis_url=redis_url).stdout
+
+    unknown = headwater("worker", "--config", str(config_path), "--functions", "resize,nope", redis_url=redis_url)
+
+    assert unknown.returncode == 2
+    assert unknown.stderr.splitlines() == ["headwater: ServiceException: --functions names unknown function(s): nope"]

@@ -5,22 +5,24 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from broker.config import parse_config
 from broker.errors import ConfigError
+from broker.mapping import EventSourceMapping
 
 QUEUE = "arn:aws:sqs:us-east-1:123456789012:uploads"
 
 
-def problems(document: dict) -> list[str]:
+def problems(document: dict[str, Any]) -> list[str]:
     with pytest.raises(ConfigError) as error:
         parse_config(document)
     return error.value.problems
 
 
-def test_defaults_are_lambdas():
+def test_defaults_are_lambdas() -> None:
     config = parse_config({"Functions": [{"FunctionName": "f", "Handler": "app.handler"}]})
     function = config.functions[0]
     assert (function.timeout, function.memory_size, function.reserved_concurrent_executions) == (3, 128, None)
@@ -33,12 +35,12 @@ def test_defaults_are_lambdas():
     ("handler", "expected"),
     [("pkg.mod.fn", ("pkg.mod", "fn")), ("pkg.mod:fn", ("pkg.mod", "fn")), ("pkg/mod.fn", ("pkg.mod", "fn"))],
 )
-def test_handler_forms(handler, expected):
+def test_handler_forms(handler: str, expected: tuple[str, str]) -> None:
     config = parse_config({"Functions": [{"FunctionName": "f", "Handler": handler}]})
     assert config.functions[0].module_and_attribute == expected
 
 
-def test_every_error_is_reported_at_once_with_its_path_and_value():
+def test_every_error_is_reported_at_once_with_its_path_and_value() -> None:
     found = problems(
         {
             "Functions": [
@@ -67,7 +69,7 @@ def test_every_error_is_reported_at_once_with_its_path_and_value():
     assert len(found) == 7
 
 
-def test_cross_references_are_checked():
+def test_cross_references_are_checked() -> None:
     assert (
         "is not one of the Functions"
         in problems(
@@ -103,7 +105,7 @@ def test_cross_references_are_checked():
     )
 
 
-def test_an_unknown_destination_form_names_the_accepted_ones():
+def test_an_unknown_destination_form_names_the_accepted_ones() -> None:
     [problem] = problems(
         {"Functions": [{"FunctionName": "f", "Handler": "a.b", "DeadLetterConfig": {"TargetArn": "ftp://x"}}]}
     )
@@ -112,15 +114,15 @@ def test_an_unknown_destination_form_names_the_accepted_ones():
     assert "redis-stream://KEY" in problem
 
 
-def mapping(**fields):
-    document = {
+def mapping(**fields: Any) -> EventSourceMapping:
+    document: dict[str, Any] = {
         "Functions": [{"FunctionName": "f", "Handler": "a.b"}],
         "EventSourceMappings": [{"FunctionName": "f", **fields}],
     }
     return parse_config(document).event_source_mappings[0]
 
 
-def test_mapping_defaults_follow_the_source():
+def test_mapping_defaults_follow_the_source() -> None:
     sqs = mapping(EventSourceArn=QUEUE)
     assert (sqs.source_kind, sqs.batch_size, sqs.maximum_batching_window_in_seconds) == ("sqs", 10, 0)
     kinesis = mapping(EventSourceArn="arn:aws:kinesis:us-east-1:123456789012:stream/s", StartingPosition="LATEST")
@@ -178,7 +180,7 @@ def test_mapping_defaults_follow_the_source():
         ({"EventSourceArn": QUEUE, "ScalingConfig": {"MaximumConcurrency": 1}}, "greater than or equal to 2"),
     ],
 )
-def test_mapping_rules(fields, message):
+def test_mapping_rules(fields: dict[str, Any], message: str) -> None:
     document = {
         "Functions": [{"FunctionName": "f", "Handler": "a.b"}],
         "EventSourceMappings": [{"FunctionName": "f", **fields}],
@@ -191,7 +193,7 @@ def validate(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, check=False)
 
 
-def test_headwater_validate_prints_every_error_and_exits_2(tmp_path: Path):
+def test_headwater_validate_prints_every_error_and_exits_2(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("Functions:\n  - FunctionName: f\n    Handler: a.b\n    Timeout: 0\n    Bogus: 1\n")
     done = validate(path)

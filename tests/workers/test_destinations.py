@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,7 +15,6 @@ from broker.connection import connect, connect_async
 from broker.destinations.base import DeliveryContext, Message
 from broker.destinations.dispatcher import Dispatcher
 from broker.errors import DestinationError
-from broker.model import Invocation, InvocationType
 from broker.queue import InvocationQueue
 from tests.rig import RedisServer
 from tests.rig.common import free_port
@@ -25,17 +23,11 @@ FUNCTION_ARN = "arn:aws:lambda:us-east-1:000000000000:function:orders"
 
 
 @asynccontextmanager
-async def dispatcher(
-    redis_url: str, *, queue_url: str | None = None, kafka_bootstrap_servers: str | None = None
-) -> AsyncIterator[Dispatcher]:
+async def dispatcher(redis_url: str, *, queue_url: str | None = None) -> AsyncIterator[Dispatcher]:
     """A dispatcher wired as the poller wires it: function targets enqueue on `queue_url`'s Redis."""
     queue = InvocationQueue(connect(queue_url or redis_url))
-
-    async def enqueue_event(function_name: str, body: str) -> None:
-        await asyncio.to_thread(queue.enqueue, Invocation(function_name, body, InvocationType.EVENT, trigger="async"))
-
     redis = connect_async(redis_url)
-    context = DeliveryContext(redis, aioboto3.Session(), enqueue_event, kafka_bootstrap_servers)
+    context = DeliveryContext(redis, aioboto3.Session(), queue)
     sending = Dispatcher(context)
     try:
         yield sending
@@ -146,9 +138,10 @@ async def test_an_sqs_destination_raises_destination_error_for_aws_and_network_f
     ],
 )
 async def test_a_kafka_destination_raises_destination_error_when_its_cluster_fails(
-    redis_url: str, servers: str, reason: str
+    redis_url: str, servers: str, reason: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with dispatcher(redis_url, kafka_bootstrap_servers=servers) as sending:
-        error = await refusal(lambda: sending.send("kafka://failed", Message(body="{}", key="k")))
+    monkeypatch.setenv("HEADWATER_KAFKA_BOOTSTRAP_SERVERS", servers)  # the cluster of `kafka://` targets
+    async with dispatcher(redis_url) as sending:
+        error = await refusal(lambda: sending.send("kafka://failed", Message(body="{}", key=b"k")))
     assert error.message.startswith("Kafka topic failed:")
     assert reason in error.message

@@ -9,13 +9,16 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from broker import payload
 from broker.errors import InvalidRequestContent
 from broker.model import InvocationType
+from tests.workers.conftest import Stack
 
 HANDLERS = "tests.handlers.isolation"
 RESPONSE_LIMIT_BYTES = 6_291_456
@@ -26,7 +29,9 @@ LAMBDAS_OWN = {
 }
 
 
-def test_a_handler_sees_lambdas_variables_its_own_and_the_pass_through_list_only(make_stack, redis_url):
+def test_a_handler_sees_lambdas_variables_its_own_and_the_pass_through_list_only(
+    make_stack: Callable[..., Stack], redis_url: str
+) -> None:
     variables = {"Variables": {"STAGE": "t"}}
     function = {"FunctionName": "env", "Handler": f"{HANDLERS}.environment", "Environment": variables}
     stack = make_stack([function], {"SandboxEnvironmentPassThrough": ["PASSED_ON", "NOT_SET_ANYWHERE"]})
@@ -49,7 +54,7 @@ def test_a_handler_sees_lambdas_variables_its_own_and_the_pass_through_list_only
     assert not set(secrets.values()) & set(seen.values())
 
 
-def test_responses_log_lines_and_payloads_beyond_lambdas_limits(make_stack):
+def test_responses_log_lines_and_payloads_beyond_lambdas_limits(make_stack: Callable[..., Stack]) -> None:
     stack = make_stack(
         [
             {"FunctionName": "sized", "Handler": f"{HANDLERS}.sized_response"},
@@ -60,6 +65,7 @@ def test_responses_log_lines_and_payloads_beyond_lambdas_limits(make_stack):
     stack.start_pool()
     at_limit = stack.client.invoke("sized", {"bytes": RESPONSE_LIMIT_BYTES})
     assert at_limit.function_error is None
+    assert at_limit.payload is not None
     assert len(at_limit.payload) == RESPONSE_LIMIT_BYTES
     over = stack.client.invoke("sized", {"bytes": RESPONSE_LIMIT_BYTES + 1})
     assert over.function_error == "Unhandled"
@@ -78,6 +84,7 @@ def test_responses_log_lines_and_payloads_beyond_lambdas_limits(make_stack):
 
     # A payload the Invoke checks never saw (a source's record) reaches the sandbox: a function error, warm.
     echo = stack.config.function("echo")
+    assert echo is not None
     first = stack.client.invoke("echo", {"n": 1}).json()
     not_base64 = ("{}", "!not base64")
     for undecodable, client_context in [("[" * 100_000 + "]" * 100_000, None), ("{not json", None), not_base64]:
@@ -88,7 +95,7 @@ def test_responses_log_lines_and_payloads_beyond_lambdas_limits(make_stack):
     assert stack.client.invoke("echo", {"n": 2}).json() == {"event": {"n": 2}, "pid": first["pid"]}
 
 
-def _log_events(text: str, request_id: str) -> list[dict]:
+def _log_events(text: str, request_id: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{") and request_id in line]
 
 
@@ -100,7 +107,9 @@ def _log_events(text: str, request_id: str) -> list[dict]:
         (b'"\xff"', "not valid UTF-8"),
     ],
 )
-def test_invoke_refuses_a_payload_nested_too_deeply_or_not_utf8_without_a_traceback(event, reason):
+def test_invoke_refuses_a_payload_nested_too_deeply_or_not_utf8_without_a_traceback(
+    event: str | bytes, reason: str
+) -> None:
     with pytest.raises(InvalidRequestContent, match=reason) as refused:
         payload.check(payload.to_text(event), InvocationType.REQUEST_RESPONSE)
     assert refused.value.code == "InvalidRequestContentException"
@@ -112,13 +121,15 @@ def _encoded(document: object) -> str:
 
 
 @pytest.mark.parametrize("client_context", ["!not base64", _encoded([1]), _encoded({"custom": {"k": "x" * 2_700}})])
-def test_invoke_refuses_a_client_context_that_is_not_a_small_base64_json_object(client_context):
+def test_invoke_refuses_a_client_context_that_is_not_a_small_base64_json_object(client_context: str) -> None:
     with pytest.raises(InvalidRequestContent, match="Client context must be a valid Base64-encoded JSON object"):
         payload.check_client_context(client_context)
     assert payload.check_client_context("e30=") == "e30="  # {}
 
 
-def test_what_a_handler_started_dies_with_its_sandbox_on_timeout_and_on_worker_death(make_stack):
+def test_what_a_handler_started_dies_with_its_sandbox_on_timeout_and_on_worker_death(
+    make_stack: Callable[..., Stack],
+) -> None:
     stack = make_stack(
         [
             {"FunctionName": "brief", "Handler": f"{HANDLERS}.spawn_children", "Timeout": 1},
@@ -149,7 +160,7 @@ def _dead(pid: int) -> bool:
     return stat.rsplit(b")", 1)[1].split()[0] == b"Z"
 
 
-def test_config_errors_never_echo_the_values_of_environment_variables(tmp_path: Path):
+def test_config_errors_never_echo_the_values_of_environment_variables(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(
         "Functions:\n"

@@ -16,6 +16,7 @@ from redis import Redis
 from broker import keys
 from broker.model import Invocation, InvocationType, Result, Status
 from broker.queue import InvocationQueue
+from tests.rig.redis import reply_text
 
 TTL_SECONDS = 5.0
 
@@ -42,7 +43,7 @@ def lapse(redis: Redis, worker: str) -> None:
 
 
 def queued(redis: Redis, function: str = "f") -> list[str]:
-    return [item.decode() for item in redis.lrange(keys.RQ_QUEUE_KEY_PREFIX + keys.queue_name(function), 0, -1)]
+    return [reply_text(item) for item in redis.lrange(keys.RQ_QUEUE_KEY_PREFIX + keys.queue_name(function), 0, -1)]
 
 
 def test_a_late_completion_after_the_lease_lapsed_changes_nothing(queue: InvocationQueue, redis: Redis) -> None:
@@ -119,7 +120,9 @@ def test_leases_that_lapsed_while_redis_was_away_get_a_grace_period(queue: Invoc
     redis.set(keys.CLOCK, (seconds - 60) * 1000)  # nobody renewed anything for a minute: Redis was down
 
     assert queue.recover_dead_workers() == 0
-    assert redis.zscore(keys.WORKERS, "a") > seconds * 1000  # a fresh lease, not a recovery
+    lease = redis.zscore(keys.WORKERS, "a")
+    assert lease is not None
+    assert lease > seconds * 1000  # a fresh lease, not a recovery
     assert queue.held("a")
     assert queue.heartbeat("a").renewed
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import zlib
+from pathlib import Path
 
 import pytest
 
@@ -12,12 +14,13 @@ from broker.client import Client
 from broker.config import parse_config
 from broker.errors import FunctionNotFound, InvalidRequestContent, RequestTooLarge
 from broker.model import InvocationType
+from tests.rig.redis import reply_text
 
 CONFIG = parse_config({"Functions": [{"FunctionName": "f", "Handler": "tests.handlers.core.record"}]})
 
 
 @pytest.fixture
-def client(redis_url):
+def client(redis_url: str) -> Client:
     return Client(CONFIG, redis_url)
 
 
@@ -27,7 +30,7 @@ def nothing_enqueued(client: Client) -> bool:
     return not any(client.redis.scan_iter("rq:*")) and not client.redis.exists("headwater:scheduled")
 
 
-def test_an_event_over_one_mebibyte_is_refused(client):
+def test_an_event_over_one_mebibyte_is_refused(client: Client) -> None:
     payload = json.dumps({"blob": "x" * (1_048_576 - 11)})
     assert len(payload) == 1_048_577
     with pytest.raises(RequestTooLarge) as refused:
@@ -39,19 +42,19 @@ def test_an_event_over_one_mebibyte_is_refused(client):
     assert client.invoke("f", payload, InvocationType.DRY_RUN).status_code == 204  # within the 6 MB sync limit
 
 
-def test_a_request_over_six_mebibytes_is_refused(client):
+def test_a_request_over_six_mebibytes_is_refused(client: Client) -> None:
     with pytest.raises(RequestTooLarge, match="Request must be smaller than 6291456 bytes"):
         client.invoke("f", json.dumps("x" * 6_291_456), InvocationType.REQUEST_RESPONSE)
     assert nothing_enqueued(client)
 
 
-def test_a_payload_that_is_not_json_is_refused(client):
+def test_a_payload_that_is_not_json_is_refused(client: Client) -> None:
     with pytest.raises(InvalidRequestContent, match="Could not parse request body into json"):
         client.invoke("f", "{not json", InvocationType.EVENT)
     assert nothing_enqueued(client)
 
 
-def test_an_unknown_function_is_refused_with_its_arn(client):
+def test_an_unknown_function_is_refused_with_its_arn(client: Client) -> None:
     with pytest.raises(FunctionNotFound) as refused:
         client.invoke("nope", {}, InvocationType.EVENT)
     assert refused.value.status == 404
@@ -59,21 +62,24 @@ def test_an_unknown_function_is_refused_with_its_arn(client):
     assert nothing_enqueued(client)
 
 
-def test_an_accepted_event_is_a_real_rq_job_serialised_as_json(client):
+def test_an_accepted_event_is_stored_in_rq_json_job_form_and_nothing_else(client: Client) -> None:
+    """The form the previous release read: a rolling upgrade may hand this job to one of its workers."""
     response = client.invoke("f", {"order": 1}, InvocationType.EVENT)
     assert response.status_code == 202
     [job_id] = client.redis.lrange("rq:queue:headwater.f", 0, -1)
-    job = client.redis.hgetall(b"rq:job:" + job_id)
-    assert job[b"origin"] == b"headwater.f"
-    from rq.job import Job
-    from rq.serializers import JSONSerializer
+    job = client.redis.hgetall("rq:job:" + reply_text(job_id))
+    assert set(job) == {b"data"}
+    data = job[b"data"]
+    assert isinstance(data, bytes)
+    handler, instance, [wire], kwargs = json.loads(zlib.decompress(data))
+    assert (handler, instance, kwargs) == ("workers.invoke.run", None, {})
+    assert wire["payload"] == '{"order": 1}'
+    assert wire["request_id"] == response.request_id
 
-    restored = Job.fetch(job_id.decode(), connection=client.redis, serializer=JSONSerializer)
-    assert restored.func_name == "workers.invoke.run"
-    assert restored.args[0]["payload"] == '{"order": 1}'
 
-
-def test_the_cli_reads_file_payloads_and_reports_errors_in_one_line(redis_url, tmp_path, monkeypatch):
+def test_the_cli_reads_file_payloads_and_reports_errors_in_one_line(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("Functions:\n  - FunctionName: f\n    Handler: a.b\n")
     event = tmp_path / "event.json"

@@ -5,15 +5,22 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Callable
+from typing import Any, cast
 
 from broker.model import InvocationType
+from tests.rig import RedisServer
+from tests.workers.conftest import Stack
 
 
-def success_records(stack, stream: str = "succeeded") -> list[dict]:
-    return [json.loads(fields[b"body"]) for _, fields in stack.redis.xrange(stream)]
+def success_records(stack: Stack, stream: str = "succeeded") -> list[dict[str, Any]]:
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], stack.redis.xrange(stream))  # a client that does not decode
+    return [json.loads(fields[b"body"]) for _, fields in entries]
 
 
-def test_a_worker_killed_mid_invocation_loses_nothing_and_the_run_counts_as_an_attempt(make_stack):
+def test_a_worker_killed_mid_invocation_loses_nothing_and_the_run_counts_as_an_attempt(
+    make_stack: Callable[..., Stack],
+) -> None:
     stack = make_stack(
         [
             {
@@ -49,7 +56,7 @@ def _is_parent_of(pid: int, child: int) -> bool:
     return pid in (parent, grandparent)
 
 
-def test_sigterm_finishes_the_running_invocation_and_hands_back_the_rest(make_stack):
+def test_sigterm_finishes_the_running_invocation_and_hands_back_the_rest(make_stack: Callable[..., Stack]) -> None:
     stack = make_stack(
         [
             {
@@ -77,7 +84,7 @@ def test_sigterm_finishes_the_running_invocation_and_hands_back_the_rest(make_st
     assert sorted(entry["event"]["n"] for entry in stack.noted("finished")) == list(range(5))
 
 
-def test_a_redis_restart_loses_no_accepted_event(make_stack, redis_server):
+def test_a_redis_restart_loses_no_accepted_event(make_stack: Callable[..., Stack], redis_server: RedisServer) -> None:
     stack = make_stack(
         [
             {
@@ -95,7 +102,9 @@ def test_a_redis_restart_loses_no_accepted_event(make_stack, redis_server):
     assert {record["requestContext"]["requestId"] for record in success_records(stack)} == accepted
 
 
-def test_reserved_concurrency_holds_across_processes_and_throttled_events_still_run(make_stack):
+def test_reserved_concurrency_holds_across_processes_and_throttled_events_still_run(
+    make_stack: Callable[..., Stack],
+) -> None:
     stack = make_stack(
         [
             {
@@ -110,11 +119,11 @@ def test_reserved_concurrency_holds_across_processes_and_throttled_events_still_
     for _ in range(6):
         stack.client.invoke("probe", {"seconds": 0.3}, InvocationType.EVENT)
     stack.wait_for(lambda: stack.redis.llen("calls") == 6)
-    assert int(stack.redis.get("max_running")) == 1
+    assert stack.redis.get("max_running") == b"1"
     assert "throttled; event waits" in stack.logs()
 
 
-def test_a_backlog_on_one_function_does_not_starve_another(make_stack):
+def test_a_backlog_on_one_function_does_not_starve_another(make_stack: Callable[..., Stack]) -> None:
     stack = make_stack(
         [
             {"FunctionName": "busy", "Handler": "tests.handlers.core.slow"},

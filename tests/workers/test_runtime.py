@@ -6,14 +6,16 @@ import base64
 import json
 import socket
 import urllib.request
+from collections.abc import Callable
 
 import pytest
 
 from broker.errors import TooManyRequests
 from broker.model import InvocationType
+from tests.workers.conftest import Stack
 
 
-def test_a_handler_gets_lambdas_context_its_environment_and_stays_warm(make_stack):
+def test_a_handler_gets_lambdas_context_its_environment_and_stays_warm(make_stack: Callable[..., Stack]) -> None:
     stack = make_stack(
         [
             {
@@ -56,7 +58,7 @@ def test_a_handler_gets_lambdas_context_its_environment_and_stays_warm(make_stac
     assert one["init_mark"] == two["init_mark"]
 
 
-def test_handler_output_is_logged_as_json_with_its_request_id(make_stack):
+def test_handler_output_is_logged_as_json_with_its_request_id(make_stack: Callable[..., Stack]) -> None:
     stack = make_stack([{"FunctionName": "orders", "Handler": "tests.handlers.core.record"}])
     stack.start_pool()
     response = stack.client.invoke("orders", {})
@@ -73,7 +75,7 @@ def test_handler_output_is_logged_as_json_with_its_request_id(make_stack):
     assert all(line["request_id"] == response.request_id for line in lines)
 
 
-def test_a_timeout_is_reported_as_lambda_reports_it_and_the_worker_goes_on(make_stack):
+def test_a_timeout_is_reported_as_lambda_reports_it_and_the_worker_goes_on(make_stack: Callable[..., Stack]) -> None:
     stack = make_stack([{"FunctionName": "slow", "Handler": "tests.handlers.core.slow", "Timeout": 1}])
     stack.start_pool()
     timed_out = stack.client.invoke("slow", {"seconds": 5})
@@ -106,7 +108,9 @@ def test_a_timeout_is_reported_as_lambda_reports_it_and_the_worker_goes_on(make_
         ("tests.handlers.core.exits", "Runtime.ExitError", None),
     ],
 )
-def test_runtime_failures_carry_lambdas_error_types(make_stack, handler, error_type, message):
+def test_runtime_failures_carry_lambdas_error_types(
+    make_stack: Callable[..., Stack], handler: str, error_type: str, message: str | None
+) -> None:
     stack = make_stack([{"FunctionName": "broken", "Handler": handler}])
     stack.start_pool()
     for _ in range(2):  # a failed INIT is tried again on the next invocation, as on Lambda
@@ -118,7 +122,7 @@ def test_runtime_failures_carry_lambdas_error_types(make_stack, handler, error_t
             assert body["errorMessage"] == message
 
 
-def test_init_has_its_own_time_limit_and_does_not_spend_the_function_timeout(make_stack):
+def test_init_has_its_own_time_limit_and_does_not_spend_the_function_timeout(make_stack: Callable[..., Stack]) -> None:
     stack = make_stack([{"FunctionName": "heavy", "Handler": "tests.handlers.slow_init.handler", "Timeout": 1}])
     stack.start_pool()
     response = stack.client.invoke("heavy", {})  # INIT takes 1.5 s, the function 1 s
@@ -126,7 +130,7 @@ def test_init_has_its_own_time_limit_and_does_not_spend_the_function_timeout(mak
     assert response.json() == "ran"
 
 
-def test_synchronous_invoke_of_a_function_with_zero_concurrency_is_throttled(make_stack):
+def test_synchronous_invoke_of_a_function_with_zero_concurrency_is_throttled(make_stack: Callable[..., Stack]) -> None:
     stack = make_stack(
         [{"FunctionName": "off", "Handler": "tests.handlers.core.record", "ReservedConcurrentExecutions": 0}]
     )
@@ -136,7 +140,7 @@ def test_synchronous_invoke_of_a_function_with_zero_concurrency_is_throttled(mak
     assert refused.value.reason == "ReservedFunctionConcurrentInvocationLimitExceeded"
 
 
-def test_the_pool_serves_the_sum_of_its_processes_metrics(make_stack):
+def test_the_pool_serves_the_sum_of_its_processes_metrics(make_stack: Callable[..., Stack]) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -153,7 +157,8 @@ def test_the_pool_serves_the_sum_of_its_processes_metrics(make_stack):
 
     def scrape() -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-            return answer.read().decode()
+            text: str = answer.read().decode()
+            return text
 
     stack.client.invoke("ok", {"n": "async"}, InvocationType.EVENT)
     stack.wait_for(lambda: 'headwater_async_events_received_total{function="ok"} 1.0' in scrape())
