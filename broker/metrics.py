@@ -27,9 +27,9 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from redis.exceptions import RedisError
 
 from broker import __version__
+from broker.connection import StoreError
 
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -100,57 +100,62 @@ STORE_ERRORS = Counter(
 )
 # Redis errors (redis-py class names) declared at zero: the ones HeadwaterStoreUnavailable tells apart.
 DECLARED_STORE_ERRORS = ("ConnectionError", "TimeoutError", "OutOfMemoryError", "ReadOnlyError")
-ESM_STAGES = (
+MAPPING_STAGES = (
     *("polled", "filtered_out", "invoked", "failed_invoke", "deleted", "dropped", "on_failure_delivered"),
     "handed_back",  # a batch whose invocation vanished went back to its source, to be read again
     "unreadable",  # a record the source could not decode was skipped (see LastProcessingResult)
 )
-ESM_EVENTS = Counter(
-    "headwater_esm_events", "Event source mapping accounting by stage.", ["event_source", "source_type", "stage"]
+# Every per-mapping series names its event source mapping by UUID in this label (`headwater_mapping_info`
+# joins it to the function and source); the source kind (sqs, kafka, kinesis, dynamodb) is `source_type`.
+MAPPING = "mapping"
+MAPPING_EVENTS = Counter(
+    "headwater_mapping_events",
+    "Event source mapping accounting by stage (Lambda's PolledEventCount, InvokedEventCount...).",
+    [MAPPING, "source_type", "stage"],
 )
 POLLER_BATCH_SIZE = Histogram(
-    "headwater_poller_batch_size", "Records per batch sent to a function.", ["event_source"], buckets=BATCH_BUCKETS
+    "headwater_poller_batch_size", "Records per batch sent to a function.", [MAPPING], buckets=BATCH_BUCKETS
 )
 POLLER_CONCURRENT_BATCHES = Gauge(
     "headwater_poller_concurrent_batches",
     "Batches in flight per mapping.",
-    ["event_source"],
+    [MAPPING],
     multiprocess_mode="livesum",
 )
 POLLER_LAST_POLL = Gauge(
     "headwater_poller_last_poll_timestamp_seconds",
     "When a mapping last polled its source.",
-    ["event_source"],
+    [MAPPING],
     multiprocess_mode="max",
 )
 
 POLLER_CRASHES = Counter(
-    "headwater_poller_crashes", "Pollers restarted after an unexpected error.", ["event_source", "source_type"]
+    "headwater_poller_crashes", "Pollers restarted after an unexpected error.", [MAPPING, "source_type"]
 )
 MAPPING_INFO = Gauge(
     "headwater_mapping_info",
-    "1 per event source mapping a poller runs: joins its UUID (`event_source`, as on every per-mapping "
+    "1 per event source mapping a poller runs: joins its UUID (`mapping`, as on every per-mapping "
     "series) to its function, source kind and source (the ARN, or a Kafka mapping's topics).",
-    ["event_source", "function", "source_type", "source"],
+    [MAPPING, "function", "source_type", "source"],
     multiprocess_mode="max",
 )
 SQS_OLDEST_MESSAGE_AGE = Gauge(
     "headwater_sqs_oldest_message_age_seconds",
     "Age (from SentTimestamp) of the oldest message in a mapping's latest receive; 0 when it was empty.",
-    ["event_source"],
+    [MAPPING],
     multiprocess_mode="max",
 )
 
 KAFKA_OFFSET_LAG = Gauge(
     "headwater_kafka_offset_lag",
     "Kafka: records written to a partition and not yet committed by the mapping (end offset - committed).",
-    ["event_source", "partition"],
+    [MAPPING, "partition"],
     multiprocess_mode="max",
 )
 KAFKA_REBALANCES = Counter(
     "headwater_kafka_rebalances",
     "Kafka: partition assignments a mapping's consumer received (the first join included).",
-    ["event_source"],
+    [MAPPING],
 )
 
 
@@ -206,7 +211,7 @@ class QueueCollector(Collector):
         )
         try:
             figures = self._read()
-        except (OSError, RedisError):  # Redis away: report nothing rather than fail the whole scrape
+        except (OSError, StoreError):  # Redis away: report nothing rather than fail the whole scrape
             yield from families.values()
             return
         for place, family in families.items():
@@ -256,7 +261,7 @@ def forget_mapping(uuid: str, *, keep_info: bool = False) -> None:
     for family in families:
         for metric in family.collect():
             for sample in metric.samples:
-                if sample.labels.get("event_source") == uuid:
+                if sample.labels.get(MAPPING) == uuid:
                     with contextlib.suppress(KeyError):  # removed already (several samples share one child)
                         family.remove(*sample.labels.values())
 
@@ -303,30 +308,42 @@ ITERATOR_AGE = Gauge(
     "headwater_iterator_age_seconds",
     "Streams: age of the last record of the latest batch sent to the function (the oldest among "
     "this replica's shards); 0 when every shard it reads is caught up.",
-    ["function", "event_source"],
+    ["function", MAPPING],
     multiprocess_mode="max",
 )
 POLLER_LEASES = Gauge(
     "headwater_poller_leases",
     "Shards whose lease this poller replica holds, per mapping.",
-    ["event_source", "source_type"],
+    [MAPPING, "source_type"],
     multiprocess_mode="livesum",
 )
 LEASE_TAKES = Counter(
     "headwater_poller_lease_takes",
     "Shard leases this replica took: unowned, expired (a dead owner's), handoff (a live owner gave it "
     "up when asked: a steal), forced (a live owner did not answer the ask in time: a steal).",
-    ["event_source", "source_type", "how"],
+    [MAPPING, "source_type", "how"],
 )
+LEASE_TAKE_HOWS = ("unowned", "expired", "handoff", "forced")
 LEASES_FENCED = Counter(
     "headwater_poller_leases_fenced",
     "Shards this replica found taken by another (its checkpoint refused, or missing from its leases): "
     "it stopped invoking them.",
-    ["event_source", "source_type"],
+    [MAPPING, "source_type"],
 )
 STREAM_REDELIVERIES = Counter(
     "headwater_poller_stream_redeliveries",
     "Streams: batches sent again (kind=retry: a retry after a function error, a partial failure or a "
     "throttle) or split (kind=bisect: BisectBatchOnFunctionError halved a failing batch).",
-    ["event_source", "source_type", "kind"],
+    [MAPPING, "source_type", "kind"],
 )
+
+
+def declare_shards(uuid: str, source_type: str) -> Gauge:
+    """A sharded stream mapping this replica reads: its lease, fence and redelivery counters at zero, so
+    `increase()` and the dashboard see the first steal or retry; returns its leases-held gauge."""
+    for how in LEASE_TAKE_HOWS:
+        LEASE_TAKES.labels(uuid, source_type, how)
+    LEASES_FENCED.labels(uuid, source_type)
+    for kind in ("retry", "bisect"):
+        STREAM_REDELIVERIES.labels(uuid, source_type, kind)
+    return POLLER_LEASES.labels(uuid, source_type)

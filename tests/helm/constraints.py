@@ -56,7 +56,7 @@ def runtime_closure() -> dict[str, str]:
 
 def pinned() -> dict[str, str]:
     """The pins of constraints.txt, by canonical name."""
-    pins = {}
+    pins: dict[str, str] = {}
     for line in CONSTRAINTS.read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             name, _, version = line.partition("==")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from pathlib import Path
 
 import yaml
 from packaging.requirements import Requirement
@@ -65,7 +66,7 @@ def test_install_test_deps_uses_the_constraints() -> None:
     assert "kubernetes-validate" in names
 
 
-def test_chart_metadata_and_package(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_chart_metadata_and_package(tmp_path: Path) -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     for key in ("maintainers", "keywords", "annotations", "kubeVersion", "appVersion"):
         assert chart.get(key), key

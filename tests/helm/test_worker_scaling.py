@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import yaml
 
 from broker import keys
@@ -107,7 +109,7 @@ def test_hpa_selects_the_pool_queues_of_the_adapter_metric() -> None:
     assert hpa["minReplicas"] == 2
 
 
-def test_adapter_rule_takes_one_series_per_queue_not_one_per_pod(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_adapter_rule_takes_one_series_per_queue_not_one_per_pod(tmp_path: Path) -> None:
     """The shipped prometheus-adapter rule is valid PromQL and aggregates the pods' copies with max."""
     adapter = yaml.safe_load((CHART / "adapter" / "prometheus-adapter-values.yaml").read_text())
     (rule,) = adapter["rules"]["external"]

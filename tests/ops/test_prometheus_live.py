@@ -6,6 +6,9 @@ that can never fire. Series that exist only after a failure are made to exist by
 (a failing function with a dead-letter queue and a destination that do not exist, a poison job); the
 rest are declared at zero by the processes (broker/metrics.declare_functions / declare_build).
 
+The stream series (iterator age, shard leases, lease takes, fences, redeliveries) come from a Kinesis
+mapping on moto; the lease, fence and redelivery counters are declared at zero per stream mapping.
+
 Deliberate exceptions, in KAFKA_ONLY: the Kafka series (offset lag, rebalances) need a Kafka broker,
 which takes longer to start than this whole test; tests/kafka checks them on a real broker.
 Alert expressions are checked twice: as written (must evaluate), and with their thresholds removed
@@ -147,7 +150,11 @@ def live(
     missing = "arn:aws:sqs:us-east-1:123456789012:"
     stack = make_stack(functions(missing + "no-such-dlq", missing + "no-such-destination"))
     document = yaml.safe_load(stack.config_path.read_text())
-    document["EventSourceMappings"] = [{"FunctionName": "orders", "EventSourceArn": queue_arn, "BatchSize": 5}]
+    stream_arn = _stream("clicks-in")
+    document["EventSourceMappings"] = [
+        {"FunctionName": "orders", "EventSourceArn": queue_arn, "BatchSize": 5},
+        {"FunctionName": "orders", "EventSourceArn": stream_arn, "StartingPosition": "TRIM_HORIZON", "BatchSize": 5},
+    ]
     stack.config_path.write_text(yaml.safe_dump(document))
     ports = {"hw-worker": free_port(), "hw-poller": free_port(), "hw-api": free_port(), "hw-redis": free_port()}
     start(stack, "worker", "worker", "--processes", "2", "--metrics-port", str(ports["hw-worker"]))
@@ -164,7 +171,7 @@ def live(
     )
     prometheus = Prometheus(prometheus_dir, ports, CHART / "rules" / "alerts.yaml")
     try:
-        load(stack, sqs, url)
+        load(stack, sqs, url, "clicks-in")
         yield prometheus, stack
     finally:
         prometheus.close()
@@ -172,22 +179,32 @@ def live(
         exporter.wait(timeout=10)
 
 
-def load(stack: Stack, sqs: Any, queue_url: str) -> None:
-    """A little of everything: sync and async invocations, SQS records, failures, a poison job."""
+def _stream(name: str) -> str:
+    """A one-shard Kinesis stream on moto; returns its ARN."""
+    kinesis = boto3.client("kinesis", region_name="us-east-1")
+    kinesis.create_stream(StreamName=name, ShardCount=1)
+    kinesis.get_waiter("stream_exists").wait(StreamName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+    return str(kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]["StreamARN"])
+
+
+def load(stack: Stack, sqs: Any, queue_url: str, stream: str) -> None:
+    """A little of everything: sync and async invocations, SQS and Kinesis records, failures, a poison job."""
     client = stack.client
+    kinesis = boto3.client("kinesis", region_name="us-east-1")
     stack.wait_for(lambda: stack.redis.zcard(keys.WORKERS) >= 2)
     for n in range(5):
         client.invoke("orders", {"n": n})
         client.invoke("orders", {"n": n}, InvocationType.EVENT)
         sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps({"n": n}))
+        kinesis.put_record(StreamName=stream, Data=json.dumps({"n": n}).encode(), PartitionKey="p")
     client.invoke("failing", {"n": 0}, InvocationType.EVENT)
     # A poison job, written whole before it is queued (a worker must never see it half made).
     stack.redis.hset(keys.RQ_JOB_KEY_PREFIX + "poison", "data", b"not zlib")
     stack.redis.rpush(keys.RQ_QUEUE_KEY_PREFIX + keys.queue_name("failing"), "poison")
     stack.redis.lpush(keys.wake(keys.queue_name("failing")), "1")
     stack.wait_for(lambda: stack.redis.hlen(keys.QUARANTINE) == 1)
-    # 10 direct invocations, at least one SQS batch, and the failing event's 3 tries.
-    stack.wait_for(lambda: len(stack.noted("calls")) >= 10 + 1 + 3, timeout=40)
+    # 10 direct invocations, at least one SQS and one Kinesis batch, and the failing event's 3 tries.
+    stack.wait_for(lambda: len(stack.noted("calls")) >= 10 + 1 + 1 + 3, timeout=40)
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
@@ -200,7 +217,7 @@ def dashboard_queries() -> list[tuple[str, str]]:
             stack += panel.get("panels", [])
             for target in panel.get("targets", []):
                 expr = target["expr"].replace("$__rate_interval", "1m").replace("$namespace", NAMESPACE)
-                expr = expr.replace("$function", ".*").replace("$event_source", ".*")
+                expr = expr.replace("$function", ".*").replace("$mapping", ".*")
                 found.append((f"{path.name}: {panel['title']}", expr))
     return found
 
@@ -232,8 +249,10 @@ def test_every_panel_and_alert_has_series_on_a_live_prometheus(live: tuple[Prome
     assert not empty, "queries without series:\n" + "\n".join(empty)
     builds = {sample["metric"]["job"] for sample in prometheus.query("headwater_build_info")}
     assert builds == {"hw-worker", "hw-poller", "hw-api"}  # every Headwater process reports its version
-    [info] = prometheus.query("headwater_mapping_info")
-    assert (info["metric"]["function"], info["metric"]["source_type"]) == ("orders", "sqs")
+    infos = [sample["metric"] for sample in prometheus.query("headwater_mapping_info")]
+    kinds = sorted((info["function"], info["source_type"]) for info in infos)
+    assert kinds == [("orders", "kinesis"), ("orders", "sqs")]
+    assert all(info["mapping"] for info in infos)  # the mapping's UUID, the label every per-mapping series has
 
 
 def _wait_for_scrapes(prometheus: Prometheus, count: int) -> None:
