@@ -2,7 +2,8 @@
 
 Field names are Lambda's own (`FunctionName`, `EventInvokeConfig`, ...) so a Lambda user recognises
 them; Python code reads them in snake_case. Unknown keys are errors: a typo must never be silently
-ignored. Connection settings come from the environment (12-factor), never from the shared file.
+ignored. Connection settings come from the environment (12-factor, `broker.settings`), never from the
+shared file.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from broker import destinations
 from broker.errors import ConfigError
 from broker.mapping import EventSourceMapping
 from broker.schema import DestinationTarget, Model
+from broker.settings import get_settings, variable
 
 HANDLER_PATTERN = re.compile(r"^[A-Za-z_][\w]*(?:[./][A-Za-z_]\w*)*[.:][A-Za-z_]\w*$")
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 ENVIRONMENT_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
@@ -141,10 +142,6 @@ class Config(Model):
         return next((f for f in self.functions if f.function_name == name), None)
 
 
-def redis_url() -> str:
-    return os.environ.get("HEADWATER_REDIS_URL", DEFAULT_REDIS_URL)
-
-
 def parse_config(document: Any, source: str = "configuration") -> Config:
     """Validate a parsed document, reporting every problem at once with its path, value and rule."""
     if document is None:
@@ -157,10 +154,7 @@ def parse_config(document: Any, source: str = "configuration") -> Config:
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Load from `path`, else `$HEADWATER_CONFIG`; YAML syntax errors name the line."""
-    chosen = path or os.environ.get("HEADWATER_CONFIG")
-    if not chosen:
-        raise ConfigError(["no configuration: pass --config PATH or set HEADWATER_CONFIG"])
-    file = Path(chosen)
+    file = config_file(path)
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as error:
@@ -170,6 +164,14 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     except yaml.YAMLError as error:
         raise ConfigError([f"not valid YAML: {_where(error)}"], str(file)) from None
     return parse_config(document, str(file))
+
+
+def config_file(path: str | os.PathLike[str] | None = None) -> Path:
+    """The configuration file: `path` (`--config`), else `$HEADWATER_CONFIG`; `ConfigError` when neither is given."""
+    chosen = path or get_settings().config
+    if not chosen:
+        raise ConfigError([f"no configuration: pass --config PATH or set {variable('config')}"])
+    return Path(chosen)
 
 
 def _where(error: yaml.YAMLError) -> str:

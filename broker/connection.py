@@ -22,6 +22,15 @@ Failover and durability: replication is asynchronous, so a write the old primary
 had not yet sent to a replica is lost when that replica is promoted. `wait_for_replicas` (Redis
 `WAIT`) closes that gap for the writes that matter (durable mode): once it returns N, N replicas
 hold every write made before it on the same connection.
+
+The store's failures are exported here under their own names, so a module that only catches them
+(to retry, or to report a Redis fault) never imports redis itself:
+
+    StoreError              every failure of a call to the store (redis-py's `RedisError`)
+    ├── StoreConnectionError    unreachable, or the connection dropped (with Sentinel: a failover)
+    ├── StoreTimeoutError       no answer in time
+    ├── StoreOutOfMemoryError   `OOM`: maxmemory reached, writes refused (`refuses_writes`)
+    └── StoreReadOnlyError      `READONLY`: a replica, writes refused (`refuses_writes`)
 """
 
 from __future__ import annotations
@@ -45,6 +54,8 @@ from redis.exceptions import (
     ResponseError,
     TryAgainError,
 )
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -57,6 +68,13 @@ SENTINEL_DEFAULT_PORT = 26379
 # Sentinel in the list is asked instead.
 SENTINEL_SOCKET_TIMEOUT_SECONDS = 2.0
 _SENTINEL_QUERY_OPTIONS = frozenset({"sentinel_password", "sentinel_username"})
+
+# The store's failures (see the module docstring): aliases, so `except StoreError` catches what redis-py raises.
+StoreError = RedisError
+StoreConnectionError = RedisConnectionError
+StoreTimeoutError = RedisTimeoutError
+StoreOutOfMemoryError = OutOfMemoryError
+StoreReadOnlyError = ReadOnlyError
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """The event source mapping model: one shape for SQS, Kinesis, DynamoDB Streams and Kafka.
 
 Ranges are Lambda's API ranges; defaults and the rules that differ per source (SQS's FIFO batch
-limit, Kafka's 500 ms window, which fields a source accepts at all) belong to the source modules,
-which this model asks through `broker.sources.kind_of`. The UUID defaults to a value derived from
+limit, Kafka's 500 ms window, which fields a source accepts at all) belong to the source packages,
+which this model asks through `broker.sources.base.kind_of`: the kinds' interface, which imports no
+source (importing it imports the `broker.sources` package, where every source registers its kind).
+Sources import this model; this model never imports a source. The UUID defaults to a value derived from
 the function and the source, so that a restart keeps the same identity (and the same Kafka consumer
 group) instead of starting from scratch.
 """
@@ -16,6 +18,7 @@ from pydantic import Field, field_validator, model_validator
 
 from broker import filtering
 from broker.schema import DestinationTarget, Model
+from broker.sources.base import kind_of
 
 UUID_NAMESPACE = uuid.UUID("5d0c6a3e-9f0b-4c52-8d0e-6b1f2f5f8a11")
 StartingPosition = Literal["TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"]
@@ -104,8 +107,6 @@ class EventSourceMapping(Model):
         """Fill the defaults that differ per source before the fields are validated."""
         if not isinstance(raw, dict):
             return raw
-        from broker.sources import kind_of  # the sources import this module
-
         kind = kind_of(raw)
         filled = dict(raw)
         for key, value in kind.defaults.items():
@@ -125,8 +126,6 @@ class EventSourceMapping(Model):
 
     @model_validator(mode="after")
     def _source_rules(self) -> EventSourceMapping:
-        from broker.sources import kind_of
-
         problems = kind_of(self).check(self)
         if problems:
             raise ValueError("; ".join(problems))
@@ -134,8 +133,6 @@ class EventSourceMapping(Model):
 
     @property
     def source_kind(self) -> str:
-        from broker.sources import kind_of
-
         return kind_of(self).name
 
     @property

@@ -9,7 +9,6 @@ included (an SQS mapping has no StartingPosition, no LastProcessingResult).
 from __future__ import annotations
 
 import json
-import os
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -23,7 +22,9 @@ from broker.config import Config, load_config
 from broker.mapping import EventSourceMapping
 from broker.mapping_store import MappingStore, combined
 from broker.records import function_arn
-from broker.sources.base import SOURCE_SPECIFIC_FIELDS, kind_of, runtime_for
+from broker.settings import get_settings
+from broker.sources import runtime_for  # imports the source's running side on first use
+from broker.sources.base import SOURCE_SPECIFIC_FIELDS, kind_of
 
 
 class State(StrEnum):
@@ -151,7 +152,7 @@ def _stored(
 ) -> list[tuple[EventSourceMapping, dict[str, str], float]]:
     """Each mapping with its Redis record and the configuration file's time (LastModified until a
     poller has written one)."""
-    path = config_path or os.environ.get("HEADWATER_CONFIG", "")
+    path = config_path or get_settings().config
     modified = Path(path).stat().st_mtime if path else time.time()
     stored = read_states(redis, config)
     return [(mapping, stored[mapping.uuid], modified) for mapping in config.event_source_mappings]

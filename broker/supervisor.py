@@ -15,6 +15,10 @@ any clash of UUID or identity. No signal is needed for them: every few seconds t
 generation counter is read (one GET), and when it moved the stored mappings are re-read and
 applied exactly as a reload applies the file's. If Redis cannot be read, the last stored mappings
 read keep running and the next check tries again.
+
+The process holds two Redis clients, both from `broker.connection` (so any URL it accepts, Sentinel
+included, works here): a synchronous one for the invocation queue and the stored mappings, and an
+asyncio one for mapping states and destinations. (The sender opens its own pair.)
 """
 
 from __future__ import annotations
@@ -28,12 +32,10 @@ from typing import Any
 
 import aioboto3
 from prometheus_client import REGISTRY
-from redis import Redis
-from redis import asyncio as redis_async
-from redis.exceptions import RedisError
 
 from broker import connection, metrics
 from broker.config import Config, load_config
+from broker.connection import StoreError
 from broker.destinations.base import DeliveryContext
 from broker.errors import ConfigError
 from broker.logs import get_logger
@@ -41,13 +43,15 @@ from broker.mapping import EventSourceMapping
 from broker.mapping_runner import MappingRunner, Services
 from broker.mapping_state import MappingStates, State, source_of
 from broker.mapping_store import MappingStore, StoredMapping, combined
-from broker.model import Invocation, InvocationType
 from broker.queue import InvocationQueue
 from broker.sender import Sender
+from broker.sources.base import Lingering
 
 HEARTBEAT_SECONDS = 1.0
 STALLED_AFTER_SECONDS = 10.0
 STORE_CHECK_SECONDS = 2.0  # how often the stored mappings' generation is read: the API's changes apply this fast
+# A synchronous call runs on a worker thread: a Redis that stops answering must not hold it forever.
+SOCKET_TIMEOUT_SECONDS = 5.0
 log = get_logger(__name__)
 
 
@@ -86,7 +90,7 @@ class Supervisor:
         metrics.declare_build()
         server = metrics.serve(metrics_port, REGISTRY, self.healthy) if metrics_port is not None else None
         services, queue = self._open(config)
-        self._store = MappingStore(connection.connect(self.redis_url, socket_timeout=5))
+        self._store = MappingStore(queue.redis)
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
@@ -95,10 +99,9 @@ class Supervisor:
                 watcher = group.create_task(self._watch_store())
                 await self._serve(services)
                 watcher.cancel()
-                await self._drain()
+                await self._drain(services.lingering)
                 heartbeat.cancel()
         finally:
-            self._store.redis.close()
             await services.sender.close()
             await services.redis.aclose()
             queue.redis.close()
@@ -115,19 +118,13 @@ class Supervisor:
         await self.run(metrics_port)
 
     def _open(self, config: Config) -> tuple[Services, InvocationQueue]:
-        redis = redis_async.from_url(self.redis_url)
-        queue = InvocationQueue(Redis.from_url(self.redis_url))
+        """The process's clients (see the module docstring) and what the mappings share through them."""
+        redis = connection.connect_async(self.redis_url)
+        queue = InvocationQueue(connection.connect(self.redis_url, socket_timeout=SOCKET_TIMEOUT_SECONDS))
         session = aioboto3.Session()
-
-        async def enqueue_event(function_name: str, body: str) -> None:
-            """A `arn:aws:lambda:...:function:NAME` destination: an async invocation of NAME."""
-            invocation = Invocation(function_name, body, InvocationType.EVENT, trigger="async")
-            await asyncio.to_thread(queue.enqueue, invocation)
-            metrics.ASYNC_RECEIVED.labels(function_name).inc()
-
-        delivery = DeliveryContext(redis=redis, aws_session=session, enqueue_event=enqueue_event)
+        delivery = DeliveryContext(redis=redis, aws_session=session, queue=queue)
         sender, states = Sender(self.redis_url), MappingStates(redis)
-        return Services(config.headwater, sender, states, redis, session, delivery), queue
+        return Services(config.headwater, sender, states, redis, session, delivery, Lingering()), queue
 
     async def _serve(self, services: Services) -> None:
         while not self._stopping.is_set():
@@ -165,7 +162,7 @@ class Supervisor:
         try:
             generation = await asyncio.to_thread(store.generation)
             self._stored = await asyncio.to_thread(store.load)
-        except RedisError as error:
+        except StoreError as error:
             log.warning("cannot read the stored mappings; the last ones read keep running", error=str(error))
             self._store_generation = None
         else:
@@ -179,7 +176,7 @@ class Supervisor:
         log.info("stored event source mappings changed", mappings=len(self._stored))
         try:
             await self._apply(config, services)
-        except RedisError as error:
+        except StoreError as error:
             log.warning("could not apply the stored mappings; retrying at the next check", error=str(error))
             self._store_generation = None
 
@@ -191,7 +188,7 @@ class Supervisor:
             await asyncio.sleep(STORE_CHECK_SECONDS)
             try:
                 generation = await asyncio.to_thread(store.generation)
-            except RedisError as error:
+            except StoreError as error:
                 log.warning("cannot check the stored mappings; retrying", error=str(error))
                 continue
             if generation != self._store_generation:
@@ -260,19 +257,21 @@ class Supervisor:
         assert self._group is not None, "tasks are spawned only while run() holds the task group"
         return self._group.create_task(coroutine)
 
-    async def _drain(self) -> None:
-        """Phase two of shutdown: wait out the grace period, then cancel what is still running."""
+    async def _drain(self, lingering: Lingering) -> None:
+        """Phase two of shutdown: wait out the grace period, then cancel what is still running
+        (stopped sources' clean-up included)."""
         for runner, _ in self._runners.values():
             runner.stop()
+        deadline = time.monotonic() + self.grace_seconds
         tasks = {task for _, task in self._runners.values()}
-        if not tasks:
-            return
-        _, late = await asyncio.wait(tasks, timeout=self.grace_seconds)
-        if late:
-            unsettled = sum(runner.in_flight for runner, task in self._runners.values() if task in late)
-            log.warning("grace period over: unsettled batches are left to come back", batches=unsettled)
-            for task in late:
-                task.cancel()
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=self.grace_seconds)
+            if late:
+                unsettled = sum(runner.in_flight for runner, task in self._runners.values() if task in late)
+                log.warning("grace period over: unsettled batches are left to come back", batches=unsettled)
+                for task in late:
+                    task.cancel()
+        await lingering.finish(deadline - time.monotonic())
 
     async def _heartbeat(self) -> None:
         while True:

@@ -20,10 +20,9 @@ import contextvars
 import json
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import anyio
-from redis import Redis
-from redis.exceptions import RedisError
 from starlette.responses import Response
 
 from broker import keys, metrics, payload
@@ -31,10 +30,14 @@ from broker.api import errors, names
 from broker.api.operation import Call, Operation
 from broker.client import QUEUE_WAIT_ALLOWANCE_SECONDS, Client
 from broker.config import Config, Function
+from broker.connection import StoreError
 from broker.errors import HeadwaterError, TooManyRequests
 from broker.function_overrides import FunctionOverrides, OverridesView
 from broker.logs import get_logger
 from broker.model import Invocation, InvocationType, Result, Status
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 INVOCATION_TYPES = tuple(kind.value for kind in InvocationType)
 LOG_TYPES = ("None", "Tail")
@@ -58,13 +61,13 @@ class ApiClient(Client):
         the error to answer with, as `Client.invoke` would have raised it."""
         try:
             outcomes = self.queue.enqueue_many(invocations)
-        except RedisError as error:  # the connection failed: any of them may be stored
+        except StoreError as error:  # the connection failed: any of them may be stored
             return [self.refusal(invocation, error) for invocation in invocations]
         answers: list[HeadwaterError | None] = []
         for invocation, outcome in zip(invocations, outcomes, strict=True):
             if isinstance(outcome, str):
                 answers.append(None)
-            elif isinstance(outcome, RedisError):
+            elif isinstance(outcome, StoreError):
                 answers.append(self.refusal(invocation, outcome))
             elif isinstance(outcome, HeadwaterError):
                 answers.append(outcome)
@@ -162,7 +165,7 @@ async def _answer(call: Call, function: Function, invocation: Invocation) -> Res
     wait_seconds = function.timeout + QUEUE_WAIT_ALLOWANCE_SECONDS
     try:
         result = await _wait_for_result(call, invocation, wait_seconds)
-    except RedisError as error:
+    except StoreError as error:
         log.warning("result not received: Redis failed", request_id=invocation.request_id, error=str(error))
         result = _unavailable(invocation, f"Headwater's Redis failed while waiting ({type(error).__name__})")
     if result is None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import anyio
 import uvicorn
@@ -22,9 +21,10 @@ from broker.api.app import LambdaApi
 from broker.api.invoke import ApiClient
 from broker.api.operation import ApiState
 from broker.api.routes import OPERATIONS
-from broker.config import load_config
+from broker.config import config_file, load_config
 from broker.errors import ConfigError
 from broker.logs import get_logger
+from broker.settings import variable
 
 STALLED_AFTER_SECONDS = 10.0
 log = get_logger(__name__)
@@ -36,7 +36,7 @@ class ServerOptions:
     redis_url: str
     host: str = "0.0.0.0"  # noqa: S104 - a pod is reached from outside; bind --host to narrow it
     port: int = 8080
-    keys_file: str | None = None
+    keys_file: str | os.PathLike[str] | None = None
     no_auth: bool = False
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -48,10 +48,11 @@ class ServerOptions:
 def build(options: ServerOptions) -> LambdaApi:
     """The application for these options; a configuration or keys problem is a `ConfigError` now."""
     if options.no_auth == bool(options.keys_file):
-        raise ConfigError(["give --keys-file (or HEADWATER_API_KEYS_FILE), or --no-auth for local use (not both)"])
+        keys = f"--keys-file (or {variable('api_keys_file')})"
+        raise ConfigError([f"give {keys}, or --no-auth for local use (not both)"])
     if bool(options.tls_cert) != bool(options.tls_key):
         raise ConfigError(["--tls-cert and --tls-key go together"])
-    config_path = options.config_path or os.environ.get("HEADWATER_CONFIG")
+    config_path = config_file(options.config_path)
     config = load_config(config_path)
     access_keys = AccessKeys(options.keys_file) if options.keys_file else None
     state = ApiState(
@@ -59,7 +60,7 @@ def build(options: ServerOptions) -> LambdaApi:
         client=ApiClient(config, options.redis_url),
         redis=connection.connect_async(options.redis_url),
         access_keys=access_keys,
-        config_modified_at=Path(str(config_path)).stat().st_mtime,
+        config_modified_at=config_path.stat().st_mtime,
         invoke_threads=anyio.CapacityLimiter(options.invoke_threads),
     )
     metrics.declare_functions((f.function_name, f.reserved_concurrent_executions) for f in config.functions)

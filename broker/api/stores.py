@@ -12,10 +12,10 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import anyio
-from redis.exceptions import RedisError
 
 from broker.api.invoke import ApiClient
 from broker.api.operation import Call
+from broker.connection import StoreError
 from broker.errors import StoreUnavailable
 from broker.function_overrides import FunctionOverrides
 from broker.mapping_store import MappingStore
@@ -42,7 +42,7 @@ def mapping_store(call: Call) -> MappingStore:
 async def run(call: Call, function: Callable[[], T]) -> T:
     try:
         return await anyio.to_thread.run_sync(function, limiter=call.state.invoke_threads)
-    except RedisError as error:
+    except StoreError as error:
         raise StoreUnavailable(
             f"Headwater's Redis did not answer ({type(error).__name__}); retry the request"
         ) from None

@@ -1,4 +1,8 @@
-"""Destination kinds (one module each, registered on import) and lookups on target strings."""
+"""Destination kinds (one module each, registered on import) and lookups on target strings.
+
+Every kind module is imported here, so `kind_for` knows them all; a kind imports its SDK (aiokafka,
+botocore) only when it first writes to a target, so resolving and validating targets loads none.
+"""
 
 from __future__ import annotations
 

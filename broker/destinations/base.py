@@ -8,31 +8,41 @@ retry on that error; a kind never swallows a failure.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from broker.mapping import EventSourceMapping
+    from broker.queue import InvocationQueue
+
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """A record or event to deliver: JSON `body`, optional typed attributes and partition key."""
+    """A record or event to deliver: JSON `body`, optional typed attributes, and the key of a target
+    that has keys (a Kafka record's key is bytes, not always UTF-8; None lets the target choose)."""
 
     body: str
     attributes: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (DataType, value)
-    key: str | None = None
+    key: bytes | None = None
 
 
 @dataclass(frozen=True)
 class DeliveryContext:
-    """What kinds may use: Headwater's Redis, an AWS session, and a way to queue an async event."""
+    """What kinds may use: Headwater's Redis, an AWS session, and the invocation queue.
+
+    `queue` is where a function destination enqueues its async event; the event is counted as
+    received when a worker first claims it, so no kind counts it here. `mapping` is the event
+    source mapping whose failed batches this context delivers (None for a function's async
+    destinations): a kind may write where that mapping's source lives, as Lambda
+    writes a Kafka mapping's failures to the mapping's own cluster.
+    """
 
     redis: Redis
     aws_session: Any
-    enqueue_event: Callable[[str, str], Awaitable[None]]
-    kafka_bootstrap_servers: str | None = None
+    queue: InvocationQueue
+    mapping: EventSourceMapping | None = None
 
 
 class Destination(ABC):

@@ -1,18 +1,20 @@
 """Another Headwater function, named by its Lambda ARN: the record becomes its async event.
 
 Writing to it is an enqueue on Headwater's own Redis, so it fails the ways the store fails:
-unreachable, or refusing writes (`OOM`, `READONLY`, `LOADING`), seen as a redis-py error or as
+unreachable, or refusing writes (`OOM`, `READONLY`, `LOADING`), seen as a `StoreError` or as
 Headwater's own `StoreUnavailable`. Every one of them becomes `DestinationError`, so the caller keeps
 the record and retries it instead of crashing on an error class it did not expect.
 """
 
 from __future__ import annotations
 
-from redis.exceptions import RedisError
+import asyncio
 
+from broker.connection import StoreError
 from broker.destinations import function_name_of, register
 from broker.destinations.base import Destination, Message
 from broker.errors import DestinationError, HeadwaterError
+from broker.model import Invocation, InvocationType
 
 
 @register
@@ -28,7 +30,8 @@ class Function(Destination):
         name = function_name_of(self.target)
         assert name is not None
         try:
-            await self.context.enqueue_event(name, message.body)
-        except (RedisError, HeadwaterError, OSError) as error:
+            invocation = Invocation(name, message.body, InvocationType.EVENT, trigger="async")
+            await asyncio.to_thread(self.context.queue.enqueue, invocation)
+        except (StoreError, HeadwaterError, OSError) as error:
             detail = error.message if isinstance(error, HeadwaterError) else str(error)
             raise DestinationError(f"function {name}: {detail}") from error

@@ -11,8 +11,6 @@ import re
 from contextlib import AsyncExitStack
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from broker.destinations import register
 from broker.destinations.base import Destination, Message
 from broker.errors import DestinationError
@@ -37,6 +35,8 @@ class SqsQueue(Destination):
         return bool(ARN.match(target) or (target.startswith(("http://", "https://")) and URL.match(target)))
 
     async def send(self, message: Message) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError  # on first use: resolving targets loads no SDK
+
         try:
             client = await self._connect()
             url = self._url or await self._resolve(client)
