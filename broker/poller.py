@@ -25,16 +25,21 @@ without a reply, or the source's hold limit passes, a queue source is told to `r
 source retries it in place, in order. Records a source could not read are counted ("unreadable")
 and shown as the mapping's LastProcessingResult.
 
-`stop()` ends reading at once (a read in progress is abandoned: its records come back); batches
-already read finish and settle. The caller cancels `run()` when its grace period is over, and a
+Poison input stops only itself: records that cannot be read or invoked are set aside, counted and
+reported (`broker.unreadable`), and the rest of their batch goes on.
+
+A `final` batch (a tumbling window's closing invoke, no records of its own) is invoked as it is:
+no filtering, no records counted, retried in place like any log batch.
+
+`stop()` ends reading at once (a read in progress is abandoned: its records come back; SQS first
+lets a receive already sent finish and hands back what it brought); batches already read finish
+and settle. The caller cancels `run()` when its grace period is over, and a
 batch cut off then is simply never acknowledged.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -42,15 +47,17 @@ from typing import Any
 from broker import batch_response, metrics, stream_retry
 from broker.config import Function, Settings
 from broker.destinations.base import Message
-from broker.errors import BatchLostError, SourceError
+from broker.errors import BatchLostError, InvalidRequestContent, SourceError
 from broker.filtering import FilterCriteria
 from broker.logs import get_logger
 from broker.mapping import EventSourceMapping
 from broker.mapping_state import ProcessingResult
 from broker.model import Result, Status
 from broker.scaling import Scaler
-from broker.sender import Sender
+from broker.sender import Sender, encode_event
 from broker.sources.base import Batch, Source
+from broker.stopping import unless_stopped, wait_or_timeout
+from broker.unreadable import ReportResult, UnreadableRecords
 
 KEEP_ALIVE_EVERY_SECONDS = 0.5
 SCALE_EVERY_SECONDS = 0.25
@@ -58,7 +65,6 @@ SOURCE_ERROR_BACKOFF_SECONDS = 2.0
 log = get_logger(__name__)
 
 SendOnFailure = Callable[[str, Message], Awaitable[None]]
-ReportResult = Callable[[ProcessingResult], Awaitable[None]]
 
 
 class Poller:
@@ -86,11 +92,12 @@ class Poller:
         self._in_flight: list[Batch] = []
         self._desired = 1
         labels = (mapping.uuid, mapping.source_kind)
-        stages = metrics.ESM_STAGES
-        self._count = {stage: metrics.ESM_EVENTS.labels(*labels, stage) for stage in stages}
+        stages = metrics.MAPPING_STAGES
+        self._count = {stage: metrics.MAPPING_EVENTS.labels(*labels, stage) for stage in stages}
         self._batch_sizes = metrics.POLLER_BATCH_SIZE.labels(mapping.uuid)
         self._concurrent = metrics.POLLER_CONCURRENT_BATCHES.labels(mapping.uuid)
         self._last_poll = metrics.POLLER_LAST_POLL.labels(mapping.uuid)
+        self._unreadable = UnreadableRecords(mapping.uuid, self._count["unreadable"], report)
 
     def stop(self) -> None:
         """Stop reading; in-flight batches still finish. Calling it again changes nothing."""
@@ -146,14 +153,14 @@ class Poller:
     # -- one batch ------------------------------------------------------------------------------------
     async def _read(self) -> Batch | None:
         try:
-            batch = await _unless_stopped(self.source.read_batch(), self._stopping)
+            batch = await unless_stopped(self.source.read_batch(), self._stopping)
         except SourceError as error:
             log.warning("event source read failed; backing off", error=error.message)
             await wait_or_timeout(self._stopping, SOURCE_ERROR_BACKOFF_SECONDS)
             return None
         self._last_poll.set(time.time())
-        await self._report_unreadable()
-        if not batch:
+        await self._unreadable.report_skipped(self.source)
+        if batch is None or not (batch.records or batch.final):
             self._scaler.read_was_empty()
             return None
         self._count["polled"].inc(len(batch))
@@ -162,27 +169,14 @@ class Poller:
             self._scaler.batch_was_full()
         return batch
 
-    async def _report_unreadable(self) -> None:
-        """Records the source skipped unread: counted, logged, and shown as the mapping's last result."""
-        if not self.source.unreadable:
-            return
-        reasons, self.source.unreadable[:] = list(self.source.unreadable), []
-        self._count["unreadable"].inc(len(reasons))
-        log.error("records could not be read and were skipped", mapping=self.mapping.uuid, reasons=reasons)
-        await self._report(ProcessingResult.UNREADABLE_RECORD)
-
     async def _process(self, batch: Batch) -> None:
         self._in_flight.append(batch)
         self._concurrent.inc()
         try:
-            matched = tuple(record for record in batch.records if self._filters.matches(record.filter_view))
-            if len(matched) < len(batch):
-                self._count["filtered_out"].inc(len(batch) - len(matched))
-            if not matched:
+            work = self._matched(batch)
+            if work is None:
                 await self._settle(batch, frozenset())
                 return
-            work = Batch(matched, batch.lane)
-            self._batch_sizes.observe(len(work))
             if self.source.retries_in_place:
                 await self._deliver_in_place(batch, work)
             else:
@@ -191,20 +185,43 @@ class Poller:
             self._in_flight.remove(batch)
             self._concurrent.dec()
 
+    def _matched(self, batch: Batch) -> Batch | None:
+        """What FilterCriteria let through (None: nothing); a final batch has no records to filter."""
+        if batch.final:
+            return batch
+        matched = tuple(record for record in batch.records if self._filters.matches(record.filter_view))
+        if len(matched) < len(batch):
+            self._count["filtered_out"].inc(len(batch) - len(matched))
+        if not matched:
+            return None
+        self._batch_sizes.observe(len(matched))
+        return batch.with_records(matched)
+
     async def _deliver_once(self, batch: Batch, work: Batch) -> None:
-        try:
-            result = await self._invoke_through_throttles(work)
-        except BatchLostError as error:
-            log.warning("no outcome will come; the batch goes back to its source now", error=error.message)
-            self._count["handed_back"].inc(len(batch))
-            await self._release(batch)
-            return
+        unreadable: frozenset[str] = frozenset()
+        while True:
+            try:
+                result = await self._invoke_through_throttles(work)
+            except BatchLostError as error:
+                log.warning("no outcome will come; the batch goes back to its source now", error=error.message)
+                self._count["handed_back"].inc(len(batch))
+                await self._release(batch)
+                return
+            except InvalidRequestContent as error:
+                unreadable |= await self._unreadable.set_aside(work, error)
+                rest = tuple(record for record in work.records if record.item_id not in unreadable)
+                if rest:
+                    work = work.with_records(rest)
+                    continue
+                await self._settle(batch, _in_lane_order(batch, unreadable))
+                return
+            break
         failed = batch_response.failed_items(
             result, work, self.mapping.reports_batch_item_failures, self.source.item_id_of
         )
         if failed and result.status is Status.SUCCESS:
             self._count["failed_invoke"].inc(len(failed))
-        await self._settle(batch, _in_lane_order(batch, failed))
+        await self._settle(batch, _in_lane_order(batch, failed | unreadable))
 
     async def _invoke_through_throttles(self, work: Batch) -> Result:
         """A queue source retries a throttled batch in place, after the mapping's pause, for up to
@@ -220,16 +237,19 @@ class Poller:
         return result
 
     async def _deliver_in_place(self, batch: Batch, work: Batch) -> None:
-        await stream_retry.deliver_in_place(self.source, self.mapping, work, self.invoke, self.send_on_failure)
+        await stream_retry.deliver_in_place(
+            self.source, self.mapping, work, self.invoke, self.send_on_failure, set_aside=self._unreadable.set_aside
+        )
         await self._settle(batch, frozenset())
 
     async def invoke(self, work: Batch) -> Result:
         """One invocation, counted. A throttle halves the mapping's concurrency and pauses its
-        reads (exponential backoff); the caller decides when to retry the batch itself."""
+        reads (exponential backoff); the caller decides when to retry the batch itself.
+        `InvalidRequestContent` when the batch's event cannot be built or encoded: nothing ran."""
+        payload = encode_event(self._event(work))
         self._count["invoked"].inc(len(work))
-        event = self.source.event(work)
         result = await self._sender.invoke(
-            self.function.function_name, event, self.mapping.source_kind, give_up_at=self.source.hold_deadline(work)
+            self.function.function_name, payload, self.mapping.source_kind, give_up_at=self.source.hold_deadline(work)
         )
         if result.status is Status.THROTTLED:
             self._count["failed_invoke"].inc(len(work))
@@ -245,12 +265,22 @@ class Poller:
         await self._report(ProcessingResult.OK if ok else ProcessingResult.PROBLEM)
         return result
 
-    async def send_on_failure(self, record: dict[str, Any]) -> None:
-        """Deliver an on-failure record to the mapping's DestinationConfig.OnFailure; raises
+    def _event(self, work: Batch) -> dict[str, Any]:
+        """The source's event for `work`; whatever its shape raises on input it did not foresee
+        becomes `InvalidRequestContent`, so that input is set aside instead of crashing the loop."""
+        try:
+            return self.source.event(work)
+        except Exception as error:
+            raise InvalidRequestContent(
+                f"the source could not shape the event: {type(error).__name__}: {error}"
+            ) from error
+
+    async def send_on_failure(self, message: Message) -> None:
+        """Deliver an on-failure message to the mapping's DestinationConfig.OnFailure; raises
         DestinationError when it cannot be written. Without a destination there is nothing to do."""
         target = self.mapping.on_failure_destination
         if target is not None:
-            await self._send(target, Message(body=json.dumps(record)))
+            await self._send(target, message)
 
     async def _release(self, batch: Batch) -> None:
         try:
@@ -273,24 +303,3 @@ def _in_lane_order(batch: Batch, failed: frozenset[str]) -> frozenset[str]:
     ids = [record.item_id for record in batch.records]
     first = min(ids.index(item) for item in failed if item in ids)
     return frozenset(ids[first:]) | failed
-
-
-async def wait_or_timeout(event: asyncio.Event, seconds: float) -> None:
-    """Sleep `seconds`, or less when `event` is set first (a stop must not wait out a backoff)."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), seconds)
-
-
-async def _unless_stopped(read: Awaitable[Batch | None], stopping: asyncio.Event) -> Batch | None:
-    """Await a read unless `stopping` is set first; an abandoned read is cancelled (its records,
-    never settled, come back from the source)."""
-    reading = asyncio.ensure_future(read)
-    stopped = asyncio.ensure_future(stopping.wait())
-    try:
-        await asyncio.wait({reading, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopped.cancel()
-        if not reading.done():
-            reading.cancel()
-            await asyncio.wait({reading})  # let the source unwind and keep what it had received
-    return None if reading.cancelled() else reading.result()

@@ -9,6 +9,9 @@ A batch is a RequestResponse invocation with a reply key. Every wait has a deadl
 - Every slice (`BLOCK_SLICE_SECONDS`) the sender checks that the job is still pending. A job that
   is gone with no reply (deleted, quarantined) will never answer: `BatchLostError` is raised at once,
   and the poller hands the batch back to its source (SQS: visible again; Kafka: retried in order).
+- The event is encoded by the caller first (`encode_event`): an event that is not JSON (a value a
+  source shaped that JSON cannot hold) raises `InvalidRequestContent`, Lambda's error for a payload
+  that is not JSON, before anything is queued, so the poller can set that input aside.
 - A caller may pass `give_up_at` (monotonic seconds), the most its source can hold a batch (SQS:
   its 12-hour visibility limit); past it `BatchLostError` is raised even though the job still exists.
 - Redis errors of every class (connection lost, timeouts, LOADING, READONLY, OOM) are retried
@@ -27,18 +30,16 @@ import json
 import time
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from broker import keys, metrics
 from broker.backoff import Backoff
-from broker.connection import connect, connect_async
-from broker.errors import BatchLostError, StoreUnavailable
+from broker.connection import StoreError, connect, connect_async
+from broker.errors import BatchLostError, InvalidRequestContent, StoreUnavailable
 from broker.logs import get_logger
 from broker.model import Invocation, InvocationType, Result
 from broker.queue import BLOCK_SLICE_SECONDS, InvocationQueue
 
 STORE_RETRY_SECONDS = (0.1, 5.0)  # first and longest pause while Redis is away
-STORE_ERRORS = (RedisError, OSError, StoreUnavailable)
+STORE_ERRORS = (StoreError, OSError, StoreUnavailable)
 log = get_logger(__name__)
 
 
@@ -48,10 +49,11 @@ class Sender:
         self._redis = connect_async(redis_url)
 
     async def invoke(
-        self, function_name: str, event: dict[str, Any], trigger: str, *, give_up_at: float | None = None
+        self, function_name: str, payload: str, trigger: str, *, give_up_at: float | None = None
     ) -> Result:
-        """Run the batch and return its result; raise BatchLostError when no result can come (see above)."""
-        invocation = Invocation(function_name, json.dumps(event), InvocationType.REQUEST_RESPONSE, trigger=trigger)
+        """Run the batch (its event as `encode_event` wrote it) and return its result; raise
+        BatchLostError when no result can come (see above)."""
+        invocation = Invocation(function_name, payload, InvocationType.REQUEST_RESPONSE, trigger=trigger)
         reply_to = keys.reply(invocation.request_id)
         job_id = await self._enqueue(invocation.replace(reply_to=reply_to), give_up_at)
         return await self._await_reply(job_id, reply_to, give_up_at)
@@ -92,6 +94,15 @@ class Sender:
     async def close(self) -> None:
         await self._redis.aclose()
         self._queue.redis.close()
+
+
+def encode_event(event: dict[str, Any]) -> str:
+    """The event as the JSON text a function receives; `InvalidRequestContent` when a value cannot be
+    JSON (bytes, a datetime, a set: whatever a source's shape let through), or nests too deep."""
+    try:
+        return json.dumps(event)
+    except (TypeError, ValueError, RecursionError) as error:
+        raise InvalidRequestContent(f"the event is not JSON-serialisable: {error}") from error
 
 
 def _slice(give_up_at: float | None) -> float:

@@ -10,9 +10,16 @@ number whose batch reached its final outcome), `ended` ("1" once the checkpoint 
 queue's scripts build queue keys: Headwater runs on one Redis (or a Sentinel group), not a Cluster.
 
 Time is Redis's own (`TIME`), as in `queue_scripts`: replicas whose clocks drift agree on when a
-lease lapsed. The same outage grace applies: when nobody balanced a mapping's leases for longer
-than the outage limit, Redis (or every replica) was away, and every lease gets a fresh period
-before anyone may take it for a dead owner's.
+lease lapsed. An outage grace applies as there, but only when Redis itself was away: when nobody
+balanced a mapping's leases for longer than the outage limit (its shard clock is stale), the gap
+is Redis's only if Redis restarted meanwhile (its `run_id`, kept beside the shard clock, changed)
+or if nobody renewed any lease at all (`headwater:clock`, which every worker's heartbeat advances,
+is stale too). Then every lease gets a fresh period before anyone may take it for a dead owner's,
+so a Redis restart does not shuffle every shard. A gap with Redis there means the mapping's
+replicas were away (a lone replica killed and restarted): their leases lapse on time, and the next
+replica takes them within one lease period of the last renewal. What this cannot see: Redis frozen
+or cut off (not restarted) while a worker, not a poller replica, is first to reach it again; then
+the lapsed leases are taken as a stalled replica's are (fenced; the batches out run again).
 """
 
 from __future__ import annotations
@@ -48,7 +55,9 @@ return added
 """
 )
 
-# KEYS[1] shard set, KEYS[2] replicas zset, KEYS[3] clock.
+# KEYS[1] shard set, KEYS[2] replicas zset, KEYS[3] the mapping's shard clock ("<ms> <run_id>" of
+# its last balance), KEYS[4] the worker leases' clock (`keys.CLOCK`, read only: writing it would
+# hide an outage from the worker leases' own grace).
 # ARGV: prefix, replica id, ttl ms, outage ms, handoff ms, leaving ('1': take nothing, leave the
 # replica set), then (shard id, iterator age ms) pairs for the shards this replica reads.
 # Returns {graced, live replicas, eligible shards, owned, handoffs, takes}: owned is a flat list of
@@ -63,9 +72,15 @@ local leaving = ARGV[6] == '1'
 local now = now_ms()
 local shards = redis.call('SMEMBERS', KEYS[1])
 local graced = 0
-local last = tonumber(redis.call('GET', KEYS[3]) or '0')
-redis.call('SET', KEYS[3], now)
-if last > 0 and now - last > outage then
+local last, last_run = string.match(redis.call('GET', KEYS[3]) or '', '^(%d+) ?(%x*)$')
+last = tonumber(last or '0')
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''  -- new after every restart
+redis.call('SET', KEYS[3], now .. ' ' .. run)
+local function redis_was_away()
+  if last_run ~= '' and last_run ~= run then return true end
+  return now - (tonumber(redis.call('GET', KEYS[4])) or 0) > outage  -- none: no witness that Redis was there
+end
+if last > 0 and now - last > outage and redis_was_away() then
   for _, replica in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
     redis.call('ZADD', KEYS[2], now + ttl, replica)
   end

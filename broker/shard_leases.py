@@ -17,11 +17,14 @@ the owner holding that very token (compared inside the script), so a replica who
 while it was stalled can no longer move the checkpoint, and learns at its next balance that it
 lost the shard, after which it must not invoke it again.
 
-Leases are judged on Redis's clock with the invocation queue's outage grace (see
-`shard_lease_scripts`): after Redis was away, every lease gets a fresh period before it may be
-taken for a dead owner's, so a Redis restart does not shuffle every shard. A replica that cannot
-reach Redis keeps reading what it holds (its batches cannot be invoked or checkpointed meanwhile
-anyway), and a refused checkpoint is the only proof that a shard was lost.
+Leases are judged on Redis's clock with an outage grace like the invocation queue's (see
+`shard_lease_scripts`): after Redis itself was away (it restarted, or no lease of any kind was
+renewed meanwhile), every lease gets a fresh period before it may be taken for a dead owner's, so a
+Redis restart does not shuffle every shard. When only the replicas were away (a lone replica
+SIGKILLed and restarted), there is no grace: a dead replica's leases are taken within one lease
+period of its last renewal. A replica that cannot reach Redis keeps reading what it holds (its
+batches cannot be invoked or checkpointed meanwhile anyway), and a refused checkpoint is the only
+proof that a shard was lost.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ class Balance:
     takes: dict[str, str]  # shard id -> how it was taken: unowned | expired | forced
     live_replicas: int
     eligible: int
-    graced: int  # leases extended because Redis had been away
+    graced: int  # leases extended because Redis itself had been away
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +126,12 @@ class ShardLeases:
         arguments.append("1" if leaving else "0")
         for shard_id, age in ages_ms.items():
             arguments += [shard_id, age]
-        script_keys = [keys.shard_set(self.mapping_uuid), keys.shard_replicas(self.mapping_uuid), self._clock]
+        script_keys = [
+            keys.shard_set(self.mapping_uuid),
+            keys.shard_replicas(self.mapping_uuid),
+            keys.shard_clock(self.mapping_uuid),
+            keys.CLOCK,
+        ]
         graced, live, eligible, owned, handoffs, takes = await self._run("BALANCE", script_keys, arguments)
         return Balance(
             owned=_owned(owned),
@@ -145,10 +153,6 @@ class ShardLeases:
         key = keys.shard_lease(self.mapping_uuid, shard.shard_id)
         arguments = [self.replica_id, shard.token, successor, int(self.lease_seconds * 1000)]
         return bool(await self._run("RELEASE", [key, keys.shard_replicas(self.mapping_uuid)], arguments))
-
-    @property
-    def _clock(self) -> str:
-        return keys.shard_clock(self.mapping_uuid)
 
     async def _run(self, script: str, script_keys: list[str], arguments: list[Any]) -> Any:
         try:

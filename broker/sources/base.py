@@ -6,14 +6,16 @@ names a specific source. The runtime side of a source (its poller) lives in the 
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from broker.mapping import EventSourceMapping
+    from broker.model import Result
 
 # Fields that only some sources accept; every other mapping field applies to all sources.
 SOURCE_SPECIFIC_FIELDS = frozenset(
@@ -137,10 +139,19 @@ class Record:
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Records of one mapping sent to one invocation; all from one lane when the source has lanes."""
+    """Records of one mapping sent to one invocation; all from one lane when the source has lanes.
+
+    A `final` batch carries no records of its own: it is a closing invocation (a tumbling window's
+    final invoke, `Records: []`). The poller invokes it as it is, never filters it, counts no record
+    for it, and retries it in place like any batch of a log source. Its `concludes` holds the first
+    and last records of what it closes (already invoked, never sent again): they say which lane and
+    lease the batch belongs to, and which range its on-failure record names (with `batchSize` 0).
+    """
 
     records: tuple[Record, ...]
     lane: str | None = None
+    final: bool = False
+    concludes: tuple[Record, ...] = ()
 
     def __len__(self) -> int:
         return len(self.records)
@@ -148,6 +159,26 @@ class Batch:
     @property
     def size_bytes(self) -> int:
         return sum(record.size_bytes for record in self.records)
+
+    @property
+    def span(self) -> tuple[Record, ...]:
+        """The records that place the batch (its lane's lease, its range): its own, or for a final
+        batch the ones it concludes. Read `span[0].handle`, never `records[0]`, to find where it belongs."""
+        return self.records or self.concludes
+
+    def with_records(self, records: tuple[Record, ...]) -> Batch:
+        """A part of this batch (filtered, bisected, a retry's tail): same lane, same kind of invocation."""
+        return Batch(records, self.lane, self.final, self.concludes)
+
+
+@dataclass(frozen=True, slots=True)
+class FailurePart:
+    """A source's part of one on-failure message in the per-record form (see
+    `Source.failure_record_parts`): the keys that follow the opening Headwater writes, and the
+    message's key where the target has keys (a Kafka record's own key: bytes, not always UTF-8)."""
+
+    fields: dict[str, Any]
+    key: bytes | None = None
 
 
 class Source(ABC):
@@ -173,6 +204,11 @@ class Source(ABC):
       retries the batch in place, in order.
     - A record the source cannot read (bytes its client library refuses) never stops the source:
       it is skipped, its reason appended to `unreadable`, and the poller counts and reports it.
+    - A record read but whose event cannot be built (`event` raises) or encoded as JSON is unreadable
+      too: the poller sets it aside and invokes the rest. A queue source is then told it failed (it
+      comes back, and the queue's redrive policy decides); a log source's goes to the on-failure
+      destination (condition `RecordUnreadable`), or is dropped without one, and is settled.
+      `event` must therefore have no effect a failed call could leave half done.
     """
 
     retries_in_place: ClassVar[bool] = False
@@ -202,6 +238,13 @@ class Source(ABC):
 
     @abstractmethod
     async def settle(self, batch: Batch, failed: frozenset[str]) -> None: ...
+
+    def accept_answer(self, batch: Batch, result: Result, failed: frozenset[str]) -> bool:
+        """A log source's look at each invocation's result before it counts (`broker.stream_retry`
+        calls it; `failed` is what the result fails already). A source that keeps something from
+        the response between invocations (a tumbling window's `state`) takes it here; False fails
+        the whole batch, retried as any failure. By default every answer stands as it is."""
+        return True
 
     def desired_concurrency(self, backlog_hint: int) -> int:
         """How many batches may be in flight at once now (lanes, scaling limits)."""
@@ -234,8 +277,39 @@ class Source(ABC):
         """The source's part of an on-failure record (`KafkaBatchInfo`, `KinesisBatchInfo`...)."""
         return {}
 
+    def failure_record_parts(self, batch: Batch, target: str) -> list[FailurePart] | None:
+        """The source's part of each message when Lambda writes one message per failed record to
+        `target` (a Kafka mapping's `kafka://` topic), in the batch's order, each with its message
+        key; None (every other source and target): one batch-level record, from `failure_record_info`."""
+        return None
+
     async def stop(self) -> None:
         """Release the source; batches not settled are left to come back (never acknowledged)."""
+
+
+class Lingering:
+    """Clean-up a stopped source still owes, run after its mapping stopped (an SQS receive cut off by
+    the stop must come back before what it brought can be handed back, up to a long poll's 20 s).
+
+    A mapping turned off is `Disabled`, and may be turned on again, without waiting for it; the
+    process waits for it (within what is left of its grace period) before it exits."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __call__(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def finish(self, within: float) -> None:
+        """Wait for what is left, at most `within` seconds, then cancel the rest."""
+        if not self._tasks:
+            return
+        _, late = await asyncio.wait(set(self._tasks), timeout=max(within, 0.0))
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
 
 
 @dataclass(frozen=True)
@@ -245,9 +319,9 @@ class SourceContext:
     aws_session: Any
     region: str
     function_timeout_seconds: int
-    kafka_bootstrap_servers: str | None = None
     account_id: str = "000000000000"  # for the function ARN in on-failure records
     extras: dict[str, Any] = field(default_factory=dict)
+    lingering: Lingering = field(default_factory=Lingering)
 
 
 _RUNTIMES: dict[str, type[Source]] = {}

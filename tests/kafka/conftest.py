@@ -3,13 +3,12 @@ pool, poller processes, and Kafka-side helpers (produce, read a topic, committed
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -194,46 +193,67 @@ class KafkaStack:
 
     async def read_topic(self, topic: str, count: int, within: float = 30.0) -> list[Any]:
         """The first `count` messages of every partition of `topic`, read without a group."""
+        numbers = await _partitions_of(self.broker.bootstrap_servers, topic)
         consumer = AIOKafkaConsumer(bootstrap_servers=self.broker.bootstrap_servers, auto_offset_reset="earliest")
         await consumer.start()
         try:
-            partitions = [TopicPartition(topic, p) for p in sorted(await _partitions_of(consumer, topic))]
+            partitions = [TopicPartition(topic, number) for number in sorted(numbers)]
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
             messages: list[Any] = []
-            deadline = time.monotonic() + within
-            while len(messages) < count and time.monotonic() < deadline:
+
+            async def enough() -> bool:
                 for batch in (await consumer.getmany(timeout_ms=500)).values():
                     messages.extend(batch)
+                return len(messages) >= count
+
+            await eventually(enough, within, lambda: f"{count} messages on {topic}, got {len(messages)}")
             return messages
         finally:
             await consumer.stop()
 
     def owned_partitions(self, process: subprocess.Popen[bytes]) -> set[int]:
         """The partitions a poller reports an offset lag for on /metrics: those it holds."""
-        import urllib.request
-
-        port = self.metrics_ports[process.pid]
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
-                text = answer.read().decode()
-        except OSError:
-            return set()
         return {
             int(line.split('partition="')[1].split('"')[0])
-            for line in text.splitlines()
+            for line in self._metrics(process).splitlines()
             if line.startswith("headwater_kafka_offset_lag{")
         }
 
+    def last_poll(self, process: subprocess.Popen[bytes]) -> float:
+        """When the poller last finished a read of its source (its last-poll gauge on /metrics), 0 before any."""
+        polls = [
+            float(line.rsplit(" ", 1)[1])
+            for line in self._metrics(process).splitlines()
+            if line.startswith("headwater_poller_last_poll_timestamp_seconds{")
+        ]
+        return max(polls, default=0.0)
 
-async def _partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    for _ in range(50):
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions:
-            return set(partitions)
-        await consumer._client.force_metadata_update()
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"topic {topic} has no partitions")
+    def _metrics(self, process: subprocess.Popen[bytes]) -> str:
+        """The poller's /metrics page; empty while it is not serving it yet."""
+        port = self.metrics_ports[process.pid]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
+                return str(answer.read().decode())
+        except OSError:
+            return ""
+
+
+async def _partitions_of(servers: str, topic: str) -> set[int]:
+    """The topic's partitions, from the cluster's metadata once the broker knows the topic."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=servers)
+    await admin.start()
+
+    async def known() -> set[int] | None:
+        [described] = await admin.describe_topics([topic])
+        partitions = {int(partition["partition"]) for partition in described["partitions"]}
+        return partitions if described["error_code"] == 0 and partitions else None
+
+    try:
+        partitions: set[int] = await eventually(known, 10, lambda: f"topic {topic} has no partitions")
+    finally:
+        await admin.close()
+    return partitions
 
 
 @pytest.fixture

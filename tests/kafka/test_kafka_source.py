@@ -19,8 +19,10 @@ from prometheus_client import REGISTRY
 from broker.errors import ConfigError
 from broker.mapping import EventSourceMapping
 from broker.sources.base import Batch, SourceContext
-from broker.sources.kafka import KafkaSource
+from broker.sources.kafka.access import client_settings
+from broker.sources.kafka.source import KafkaSource  # the class itself: the package's lazy attribute is Any to mypy
 from tests.kafka.conftest import KafkaStack
+from tests.waiting import eventually
 
 FAST_GROUP = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 300}
 
@@ -62,21 +64,29 @@ async def sources() -> AsyncIterator[Callable[[KafkaSource], KafkaSource]]:
 async def read_values(*sources: KafkaSource, count: int, within: float = 30.0) -> list[str]:
     """Read and settle batches from each source in turn until `count` records came; their values."""
     values: list[str] = []
-    deadline = time.monotonic() + within
-    while len(values) < count and time.monotonic() < deadline:
+
+    async def enough() -> bool:
         for source in sources:
             batch = await source.read_batch()
             if batch is not None:
-                values += [_value(record.event) for record in batch.records]
+                values.extend(_value(record.event) for record in batch.records)
                 await source.settle(batch, frozenset())
+        return len(values) >= count
+
+    await eventually(enough, within, lambda: f"{count} records, got {values}")
     return values
 
 
 async def assigned(source: KafkaSource, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while source.desired_concurrency(0) < 3 or source.consumer.assignment() == set():
-        assert time.monotonic() < deadline, "no partitions assigned"
-        await source.read_batch()
+    """Read (and drop) until the group gave `source` every partition: the reads drive the join."""
+
+    async def holds_every_partition() -> bool:
+        if source.desired_concurrency(0) >= 3 and source.consumer.assignment() != set():
+            return True
+        assert await source.read_batch() is None, "a batch came before the assignment was complete"
+        return False
+
+    await eventually(holds_every_partition, within, lambda: "no partitions assigned")
 
 
 def _value(event: dict[str, Any]) -> str:
@@ -131,7 +141,7 @@ async def test_a_batch_outliving_max_poll_interval_keeps_the_group(stack: KafkaS
     await stack.produce({"partition": 1, "value": "other partition"})
     other = await _next_batch(source)  # the consumer keeps fetching the partitions not in flight
     await source.settle(other, frozenset())
-    while time.monotonic() - started < 3.0:  # twice max_poll_interval with the first batch still out
+    while time.monotonic() - started < 3.0:  # a measured span: twice max_poll_interval, the first batch still out
         assert await source.read_batch() is None
     await source.settle(slow, frozenset())
 
@@ -149,10 +159,12 @@ async def test_a_revoked_partitions_batch_is_not_committed_and_is_read_again(sta
     out = [await _next_batch(first) for _ in range(3)]
     second = sources(source_for(mapping, drain_seconds=1))
     await second.start()  # the group rebalances: every partition of `first` is revoked (eager protocol)
-    deadline = time.monotonic() + 30
-    while not (out and not first.owns(out[0])):
-        assert time.monotonic() < deadline
-        await first.read_batch()
+
+    async def revoked() -> bool:
+        await first.read_batch()  # the reads let the consumer take part in the rebalance
+        return not first.owns(out[0])
+
+    await eventually(revoked, 30, lambda: "the first source kept its partitions")
     for batch in out:
         await first.settle(batch, frozenset())
     assert await stack.committed_for(mapping.uuid) == {}
@@ -173,10 +185,7 @@ async def test_a_revoke_waits_for_batches_in_flight_and_commits_them(stack: Kafk
     # The group rebalances: `first` is asked to revoke every partition, and `second.start()` returns
     # only once the group has let it join, after `first` is done with the revoke.
     starting = asyncio.ensure_future(second.start())
-    deadline = time.monotonic() + 20
-    while len(first.draining) < 3:
-        assert time.monotonic() < deadline, "the revoke never started"
-        await asyncio.sleep(0.05)
+    await eventually(lambda: len(first.draining) == 3, 20, lambda: f"the revoke never started: {first.draining}")
     assert await first.read_batch() is None  # a draining partition yields nothing more
     for batch in out:
         assert first.owns(batch)  # still owned while it drains: its outcome is committed here
@@ -235,14 +244,12 @@ def _produce_with_undecodable_header(stack: KafkaStack) -> None:
 
 
 async def _next_batch(source: KafkaSource, within: float = 30.0) -> Batch:
-    deadline = time.monotonic() + within
-    while (batch := await source.read_batch()) is None:
-        assert time.monotonic() < deadline, "no batch"
+    batch: Batch = await eventually(source.read_batch, within, lambda: "no batch")
     return batch
 
 
 def _rebalances(mapping: EventSourceMapping) -> float:
-    return REGISTRY.get_sample_value("headwater_kafka_rebalances_total", {"event_source": mapping.uuid}) or 0.0
+    return REGISTRY.get_sample_value("headwater_kafka_rebalances_total", {"mapping": mapping.uuid}) or 0.0
 
 
 # -- security settings (no broker needed: they are checked on the client aiokafka builds) -------------
@@ -273,22 +280,34 @@ async def test_sasl_scram_and_root_ca_reach_the_client(tmp_path: Path, monkeypat
         {"Type": "SASL_SCRAM_512_AUTH", "URI": f"file://{secret}"},
         {"Type": "SERVER_ROOT_CA_CERTIFICATE", "URI": "env:KAFKA_ROOT_CA"},
     )
+    settings = await client_settings(mapping.source_access_configurations, aws_session=None)
+    context = settings.pop("ssl_context")
+    assert settings == {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "ingest",
+        "sasl_plain_password": "s3cret",
+    }
+    assert isinstance(context, ssl.SSLContext)
+    assert len(context.get_ca_certs()) == 1  # the given root, not the system's bundle
+    # The consumer is built from these settings (no private aiokafka attribute is read to check it);
+    # its group id and manual commits show in behaviour: the starting-position and commit tests.
     consumer = await source_for(mapping).build_consumer()
-    client = consumer._client
-    assert (client._security_protocol, client._sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-512")
-    assert (client._sasl_plain_username, client._sasl_plain_password) == ("ingest", "s3cret")
-    assert isinstance(client._ssl_context, ssl.SSLContext)
-    assert len(client._ssl_context.get_ca_certs()) == 1  # the given root, not the system's bundle
-    assert consumer._group_id == mapping.uuid
-    assert consumer._enable_auto_commit is False
     await consumer.stop()
 
 
 async def test_basic_auth_is_sasl_plain(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("KAFKA_LOGIN", json.dumps({"username": "u", "password": "p"}))
-    consumer = await source_for(_secured(tmp_path, {"Type": "BASIC_AUTH", "URI": "env:KAFKA_LOGIN"})).build_consumer()
-    assert (consumer._client._security_protocol, consumer._client._sasl_mechanism) == ("SASL_SSL", "PLAIN")
-    await consumer.stop()
+    mapping = _secured(tmp_path, {"Type": "BASIC_AUTH", "URI": "env:KAFKA_LOGIN"})
+    settings = await client_settings(mapping.source_access_configurations, aws_session=None)
+    assert (settings["security_protocol"], settings["sasl_mechanism"]) == ("SASL_SSL", "PLAIN")
+    assert (settings["sasl_plain_username"], settings["sasl_plain_password"]) == ("u", "p")
+
+
+async def test_no_access_configuration_is_plaintext(tmp_path: Path) -> None:
+    assert await client_settings(_secured(tmp_path).source_access_configurations, None) == {
+        "security_protocol": "PLAINTEXT"
+    }
 
 
 async def test_unusable_secrets_are_configuration_errors(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,6 +29,7 @@ from redis import Redis
 
 from broker.supervisor import Supervisor
 from tests.rig.common import ManagedProcess, make_workdir, remove_workdir
+from tests.rig.redis import reply_text
 from tests.waiting import eventually
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -112,7 +113,7 @@ class Stack:
         return sorted(entries, key=lambda entry: entry["started"])
 
     def attempts(self, namespace: str) -> dict[str, int]:
-        return {key.decode(): int(value) for key, value in self.redis.hgetall(f"attempts:{namespace}").items()}
+        return {reply_text(key): int(value) for key, value in self.redis.hgetall(f"attempts:{namespace}").items()}
 
     def started(self, namespace: str) -> int:
         return int(self.redis.llen(f"started:{namespace}"))
@@ -281,7 +282,8 @@ class SourceContract:
             what="the poller to stop reading",
         )
         await harness.send(bodies(ns, 2, prefix="late"))
-        await asyncio.sleep(0.5)
+        # No sleep: the batch is held in the handler until released, so a poller that stopped without
+        # waiting would be gone now; and had it read `late`, they would show in attempts below.
         assert poller.running, "the poller waits for its in-flight batch"
         stack.release(ns)
         await stack.wait_for(lambda: not poller.running, what="the poller to exit after draining")
@@ -290,7 +292,7 @@ class SourceContract:
         assert set(stack.attempts(ns)) == {"m1", "m2"}
 
 
-async def _is_zero(count: Any) -> bool:
+async def _is_zero(count: Awaitable[int]) -> bool:
     return await count == 0
 
 

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import json
 import sys
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from prometheus_client import REGISTRY
 from broker import keys
 from broker.mapping import EventSourceMapping
 from broker.payload import REQUEST_RESPONSE_LIMIT_BYTES
+from tests.rig.redis import reply_text
 from tests.sources.conftest import SqsHarness, SqsService
 from tests.sources.contract import REPO_ROOT, SourceContract, Stack, bodies
 
@@ -40,13 +42,13 @@ def uuid_of(mapping: dict[str, Any]) -> str:
 
 
 def counted(mapping: dict[str, Any], stage: str) -> float:
-    labels = {"event_source": uuid_of(mapping), "source_type": "sqs", "stage": stage}
-    return REGISTRY.get_sample_value("headwater_esm_events_total", labels) or 0.0
+    labels = {"mapping": uuid_of(mapping), "source_type": "sqs", "stage": stage}
+    return REGISTRY.get_sample_value("headwater_mapping_events_total", labels) or 0.0
 
 
 def state(stack: Stack, mapping: dict[str, Any]) -> dict[str, str]:
     stored = stack.redis.hgetall(keys.mapping_state(uuid_of(mapping)))
-    return {key.decode(): value.decode() for key, value in stored.items()}
+    return {reply_text(key): reply_text(value) for key, value in stored.items()}
 
 
 async def test_attributes_and_fifo_fields_reach_the_handler(stack: Stack, harness: SqsHarness) -> None:
@@ -127,7 +129,8 @@ async def test_a_batch_stays_within_six_megabytes(stack: Stack, harness: SqsHarn
     await harness.create()
     ns = stack.namespace()
     padding = "x" * 900_000
-    for body in bodies(ns, 8, **{f"m{i}": {"pad": padding} for i in range(1, 9)}):  # a send carries at most 1 MiB
+    padded = {f"m{i}": {"pad": padding} for i in range(1, 9)}
+    for body in bodies(ns, 8, prefix="m", **padded):  # a send carries at most 1 MiB
         await harness.client.send_message(QueueUrl=harness.url, MessageBody=json.dumps(body))
     mapping = harness.mapping("recorder-alone")
     await stack.start_poller([mapping])
@@ -198,7 +201,7 @@ async def test_batches_waiting_longer_than_their_hold_are_kept_invisible(stack: 
         attributes={"RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 1})}
     )
     ns = stack.namespace()
-    await harness.send(bodies(ns, 160, **{f"m{i}": {"sleep": 1.3} for i in range(1, 161, 10)}))
+    await harness.send(bodies(ns, 160, prefix="m", **{f"m{i}": {"sleep": 1.3} for i in range(1, 161, 10)}))
     await stack.start_poller([harness.mapping()])
     await stack.wait_for(lambda: _is(harness.unacknowledged(), 0), within=60, what="every batch settled")
     assert len(stack.attempts(ns)) == 160
@@ -214,7 +217,8 @@ async def test_filters_decide_what_is_invoked_and_the_rest_is_deleted(stack: Sta
     pattern = json.dumps({"body": {"kind": ["order"], "total": [{"numeric": [">", 10]}]}})
     mapping = harness.mapping(FilterCriteria={"Filters": [{"Pattern": pattern}]})
     kinds = {"m1": ("order", 20), "m2": ("refund", 20), "m3": ("order", 5), "m4": ("order", 11)}
-    await harness.send(bodies(ns, 4, **{k: {"kind": kind, "total": total} for k, (kind, total) in kinds.items()}))
+    fields = {k: {"kind": kind, "total": total} for k, (kind, total) in kinds.items()}
+    await harness.send(bodies(ns, 4, prefix="m", **fields))
     await stack.start_poller([mapping])
     await stack.wait_for(lambda: _is(harness.unacknowledged(), 0), what="every message deleted")
     assert sorted(stack.attempts(ns)) == ["m1", "m4"]
@@ -235,19 +239,19 @@ async def test_disabled_and_refused_mappings_say_why(stack: Stack, harness: SqsH
     too_slow = harness.mapping("recorder-patient")
     missing = {"FunctionName": "recorder", "EventSourceArn": "arn:aws:sqs:us-east-1:123456789012:no-such-queue"}
     stream_arn = "arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/2024-01-01T00:00:00.000"
-    no_poller = {"FunctionName": "recorder", "EventSourceArn": stream_arn, "StartingPosition": "LATEST"}
-    mappings = [turned_off, too_slow, missing, no_poller]
+    missing_stream = {"FunctionName": "recorder", "EventSourceArn": stream_arn, "StartingPosition": "LATEST"}
+    mappings = [turned_off, too_slow, missing, missing_stream]
     await stack.start_poller(mappings)
     await stack.wait_for(lambda: all(state(stack, m).get("State") == "Disabled" for m in mappings), what="Disabled")
     assert state(stack, turned_off)["StateTransitionReason"] == "USER_INITIATED"
     refused = state(stack, too_slow)["StateTransitionReason"]
     assert "Queue visibility timeout: 10 seconds is less than Function timeout: 30 seconds" in refused
     assert "NonExistentQueue" in state(stack, missing)["StateTransitionReason"]
-    assert "no poller for DynamoDB Streams" in state(stack, no_poller)["StateTransitionReason"]
+    assert f"Stream not found: {stream_arn}" in state(stack, missing_stream)["StateTransitionReason"]
     listed = await _mappings_cli(stack)
     assert listed[uuid_of(turned_off)]["State"] == "Disabled"
     assert "LastProcessingResult" not in listed[uuid_of(turned_off)], "SQS mappings have none, as on Lambda"
-    assert "LastProcessingResult" in listed[uuid_of(no_poller)]
+    assert "LastProcessingResult" in listed[uuid_of(missing_stream)]
     assert await harness.unacknowledged(off_url) == 2, "a disabled mapping reads nothing"
     assert stack.attempts(ns) == {}
 
@@ -297,10 +301,10 @@ async def warm_workers(stack: Stack, harness: SqsHarness) -> None:
     """Start the function's sandbox in both workers: a cold start counts toward its Timeout, and a
     test about waiting must not fail for that."""
     warm = stack.namespace()
-    await harness.send(bodies(warm, 40, **{f"m{i}": {"sleep": 0.3} for i in range(1, 41)}))
+    await harness.send(bodies(warm, 40, prefix="m", **{f"m{i}": {"sleep": 0.3} for i in range(1, 41)}))
     await stack.wait_for(lambda: len(stack.seen(warm)) == 4, what="both workers warm")
     await stack.wait_for(lambda: _is(harness.unacknowledged(), 0), what="the warm-up deleted")
 
 
-async def _is(count: Any, expected: int) -> bool:
+async def _is(count: Awaitable[int], expected: int) -> bool:
     return await count == expected

@@ -11,46 +11,17 @@ import pytest
 from prometheus_client import REGISTRY
 
 from broker import stream_retry
+from broker.destinations.base import Message
 from broker.errors import DestinationError
 from broker.mapping import EventSourceMapping
 from broker.model import Result, Status
-from broker.sources.base import Batch, Record, Source, SourceContext
+from broker.sources.base import Batch, Record
 from broker.stream_retry import deliver_in_place
+from tests.memory_source import MemoryLog, context
 
 
-class MemoryLog(Source):
-    """A log source holding its records in memory; it owns its lane until told otherwise."""
-
-    retries_in_place = True
-    retry_cap_with_on_failure = 10
-
-    def __init__(self, mapping: EventSourceMapping) -> None:
-        super().__init__(
-            mapping,
-            SourceContext(aws_session=None, region="eu-west-1", function_timeout_seconds=3, account_id="111122223333"),
-        )
-        self.owned = True
-
-    async def read_batch(self) -> Batch | None:
-        return None
-
-    def event(self, batch: Batch) -> dict[str, Any]:
-        return {"records": [record.event for record in batch.records]}
-
-    async def settle(self, batch: Batch, failed: frozenset[str]) -> None:
-        return None
-
-    def owns(self, batch: Batch) -> bool:
-        return self.owned
-
-    def failure_record_info(self, batch: Batch) -> dict[str, Any]:
-        return {
-            "MemoryBatchInfo": {
-                "first": batch.records[0].item_id,
-                "last": batch.records[-1].item_id,
-                "batchSize": len(batch),
-            }
-        }
+def memory_log(mapping: EventSourceMapping) -> MemoryLog:
+    return MemoryLog(mapping, source_context=context(3, region="eu-west-1", account_id="111122223333"))
 
 
 def batch_of(*values: str, age_seconds: float = 0.0) -> Batch:
@@ -99,15 +70,19 @@ class Function:
 
 
 class Destination:
+    """Takes on-failure messages as the poller's `send_on_failure` does; keeps their JSON bodies, decoded."""
+
     def __init__(self, failures: int = 0) -> None:
         self.failures = failures
         self.records: list[dict[str, Any]] = []
+        self.keys: list[bytes | None] = []
 
-    async def __call__(self, record: dict[str, Any]) -> None:
+    async def __call__(self, message: Message) -> None:
         if self.failures:
             self.failures -= 1
             raise DestinationError("target unavailable")
-        self.records.append(record)
+        self.records.append(json.loads(message.body))
+        self.keys.append(message.key)
 
 
 def fails_on(poison: str) -> Callable[[list[str], int], Status | None]:
@@ -116,7 +91,7 @@ def fails_on(poison: str) -> Callable[[list[str], int], Status | None]:
 
 def stage(mapping: EventSourceMapping, name: str) -> float:
     value = REGISTRY.get_sample_value(
-        "headwater_esm_events_total", {"event_source": mapping.uuid, "source_type": "kafka", "stage": name}
+        "headwater_mapping_events_total", {"mapping": mapping.uuid, "source_type": "kafka", "stage": name}
     )
     return value or 0.0
 
@@ -130,7 +105,7 @@ def no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_retries_exhausted_sends_lambdas_failure_record() -> None:
     mapping = kafka_mapping(MaximumRetryAttempts=2, DestinationConfig={"OnFailure": {"Destination": "kafka://failed"}})
     function, destination = Function(fails_on("poison")), Destination()
-    await deliver_in_place(MemoryLog(mapping), mapping, batch_of("a", "poison"), function, destination)
+    await deliver_in_place(memory_log(mapping), mapping, batch_of("a", "poison"), function, destination)
 
     assert function.batches == [["a", "poison"]] * 3
     [record] = destination.records
@@ -151,7 +126,7 @@ async def test_retries_exhausted_sends_lambdas_failure_record() -> None:
 async def test_infinite_retries_are_capped_at_ten_with_a_destination() -> None:
     mapping = kafka_mapping(DestinationConfig={"OnFailure": {"Destination": "kafka://failed"}})
     function, destination = Function(fails_on("poison")), Destination()
-    await deliver_in_place(MemoryLog(mapping), mapping, batch_of("poison"), function, destination)
+    await deliver_in_place(memory_log(mapping), mapping, batch_of("poison"), function, destination)
     assert len(function.batches) == 11
     assert destination.records[0]["requestContext"]["approximateInvokeCount"] == 11
 
@@ -160,17 +135,17 @@ async def test_infinite_retries_without_destination_retry_until_success() -> Non
     mapping = kafka_mapping()
     function = Function(lambda values, calls: Status.FUNCTION_ERROR if calls < 14 else None)
     destination = Destination()
-    await deliver_in_place(MemoryLog(mapping), mapping, batch_of("a"), function, destination)
+    await deliver_in_place(memory_log(mapping), mapping, batch_of("a"), function, destination)
     assert len(function.batches) == 15
     assert destination.records == []
 
 
 async def test_throttles_spend_no_retries() -> None:
     mapping = kafka_mapping(MaximumRetryAttempts=0, DestinationConfig={"OnFailure": {"Destination": "kafka://f"}})
-    function = Function(lambda values, calls: Status.THROTTLED if function.throttles.pop() else None)
-    function.throttles = [False, True, True, True]  # type: ignore[attr-defined]
+    throttles = [False, True, True, True]  # popped from the end: three throttles, then an answer
+    function = Function(lambda values, calls: Status.THROTTLED if throttles.pop() else None)
     destination = Destination()
-    await deliver_in_place(MemoryLog(mapping), mapping, batch_of("a"), function, destination)
+    await deliver_in_place(memory_log(mapping), mapping, batch_of("a"), function, destination)
     assert function.batches == [["a"]]
     assert destination.records == []
 
@@ -182,7 +157,7 @@ async def test_bisect_splits_without_spending_retries() -> None:
         DestinationConfig={"OnFailure": {"Destination": "kafka://failed"}},
     )
     function, destination = Function(fails_on("poison")), Destination()
-    await deliver_in_place(MemoryLog(mapping), mapping, batch_of("a", "b", "poison", "d"), function, destination)
+    await deliver_in_place(memory_log(mapping), mapping, batch_of("a", "b", "poison", "d"), function, destination)
     assert function.batches == [["a", "b", "poison", "d"], ["a", "b"], ["poison", "d"], ["poison"], ["d"]]
     [record] = destination.records
     assert record["MemoryBatchInfo"] == {"first": "log-0@2", "last": "log-0@2", "batchSize": 1}
@@ -199,7 +174,7 @@ async def test_partial_failure_retries_from_the_lowest_failed_record() -> None:
         return {"batchItemFailures": failures}
 
     function = Function(answer)
-    await deliver_in_place(MemoryLog(mapping), mapping, batch_of("a", "b", "c", "d"), function, Destination())
+    await deliver_in_place(memory_log(mapping), mapping, batch_of("a", "b", "c", "d"), function, Destination())
     assert function.batches == [["a", "b", "c", "d"], ["b", "c", "d"]]
 
 
@@ -211,7 +186,7 @@ async def test_malformed_partial_answer_fails_the_whole_batch() -> None:
     )
     function = Function(lambda values, calls: {"batchItemFailures": [{"itemIdentifier": "log-0@99"}]})
     destination = Destination()
-    await deliver_in_place(MemoryLog(mapping), mapping, batch_of("a", "b"), function, destination)
+    await deliver_in_place(memory_log(mapping), mapping, batch_of("a", "b"), function, destination)
     assert function.batches == [["a", "b"]] * 2
     assert "functionError" not in destination.records[0]["responseContext"]  # it returned; it did not raise
 
@@ -219,7 +194,7 @@ async def test_malformed_partial_answer_fails_the_whole_batch() -> None:
 async def test_records_too_old_are_not_invoked() -> None:
     mapping = kafka_mapping(MaximumRecordAgeInSeconds=60, DestinationConfig={"OnFailure": {"Destination": "kafka://f"}})
     function, destination = Function(fails_on("never")), Destination()
-    await deliver_in_place(MemoryLog(mapping), mapping, batch_of("a", "b", age_seconds=120), function, destination)
+    await deliver_in_place(memory_log(mapping), mapping, batch_of("a", "b", age_seconds=120), function, destination)
     assert function.batches == []
     [record] = destination.records
     assert record["requestContext"]["condition"] == "RecordAgeExceeded"
@@ -232,7 +207,7 @@ async def test_destination_failures_are_retried_never_lost() -> None:
     labels = {"function": "ingest", "destination": "on_failure", "target_type": "kafka"}
     before = REGISTRY.get_sample_value("headwater_destination_delivery_failures_total", labels) or 0.0
     destination = Destination(failures=3)
-    await deliver_in_place(MemoryLog(mapping), mapping, batch_of("poison"), Function(fails_on("poison")), destination)
+    await deliver_in_place(memory_log(mapping), mapping, batch_of("poison"), Function(fails_on("poison")), destination)
     assert len(destination.records) == 1
     assert REGISTRY.get_sample_value("headwater_destination_delivery_failures_total", labels) == before + 3
 
@@ -241,14 +216,14 @@ async def test_without_destination_records_are_dropped_and_counted() -> None:
     mapping = kafka_mapping(MaximumRetryAttempts=1)
     before = stage(mapping, "dropped")
     await deliver_in_place(
-        MemoryLog(mapping), mapping, batch_of("poison", "x"), Function(fails_on("poison")), Destination()
+        memory_log(mapping), mapping, batch_of("poison", "x"), Function(fails_on("poison")), Destination()
     )
     assert stage(mapping, "dropped") == before + 2
 
 
 async def test_a_lost_lane_is_abandoned() -> None:
     mapping = kafka_mapping(DestinationConfig={"OnFailure": {"Destination": "kafka://f"}})
-    source, destination = MemoryLog(mapping), Destination()
+    source, destination = memory_log(mapping), Destination()
 
     def answer(values: list[str], calls: int) -> Status:
         source.owned = calls < 2  # the partition is revoked during the third run
@@ -257,4 +232,31 @@ async def test_a_lost_lane_is_abandoned() -> None:
     function = Function(answer)
     await deliver_in_place(source, mapping, batch_of("a"), function, destination)
     assert len(function.batches) == 3
+    assert destination.records == []
+
+
+def final_batch_of(first: str, last: str) -> Batch:
+    """A closing invocation with no records of its own, concluding the records `first`..`last`."""
+    window = batch_of(first, last)
+    return Batch((), lane="log-0", final=True, concludes=window.records)
+
+
+async def test_a_final_batch_is_retried_and_fails_as_a_whole() -> None:
+    mapping = kafka_mapping(MaximumRetryAttempts=2, DestinationConfig={"OnFailure": {"Destination": "kafka://f"}})
+    function, destination = Function(lambda values, calls: Status.FUNCTION_ERROR), Destination()
+    before = stage(mapping, "on_failure_delivered")
+    await deliver_in_place(memory_log(mapping), mapping, final_batch_of("a", "b"), function, destination)
+    assert function.batches == [[]] * 3, "run, then retried twice: a failure with no record to name fails it all"
+    [record] = destination.records
+    assert record["requestContext"]["condition"] == "RetryAttemptsExhausted"
+    assert record["requestContext"]["approximateInvokeCount"] == 3
+    assert record["MemoryBatchInfo"] == {"first": "log-0@0", "last": "log-0@1", "batchSize": 0}
+    assert stage(mapping, "on_failure_delivered") == before, "no record of its own was given up"
+
+
+async def test_a_final_batch_that_succeeds_is_done() -> None:
+    mapping = kafka_mapping(MaximumRetryAttempts=2, DestinationConfig={"OnFailure": {"Destination": "kafka://f"}})
+    function, destination = Function(lambda values, calls: Status.FUNCTION_ERROR if calls == 0 else None), Destination()
+    await deliver_in_place(memory_log(mapping), mapping, final_batch_of("a", "b"), function, destination)
+    assert function.batches == [[], []]
     assert destination.records == []

@@ -65,7 +65,7 @@ async def read_secret(uri: str, aws_session: Any) -> dict[str, Any]:
     if uri.startswith("file://"):
         text = _read_file(Path(uri.removeprefix("file://")))
     elif uri.startswith("env:"):
-        name = uri.removeprefix("env:")
+        name = uri.removeprefix("env:")  # a variable the user named, not one of Headwater's settings
         if name not in os.environ:
             raise ConfigError([f"SourceAccessConfigurations: environment variable {name} is not set"])
         text = os.environ[name]

@@ -1,4 +1,4 @@
-"""Kafka records in Lambda's shapes: the invocation event and the `KafkaBatchInfo` of a failure record.
+"""Kafka records in Lambda's shapes: the invocation event and the two forms of an on-failure record.
 
 The event is what Lambda hands a self-managed Kafka (or MSK) handler: records grouped under
 `"<topic>-<partition>"`, key and value in base64, timestamps in epoch milliseconds, and headers
@@ -14,7 +14,7 @@ from typing import Any
 
 from broker.filtering import decode_or_text
 from broker.records import iso_timestamp
-from broker.sources.base import Batch, Record
+from broker.sources.base import Batch, FailurePart, Record
 from broker.sources.kafka.lanes import Position
 
 TIMESTAMP_TYPES = {0: "CREATE_TIME", 1: "LOG_APPEND_TIME"}
@@ -92,14 +92,10 @@ def batch_info(batch: Batch, bootstrap_servers: str, cluster_arn: str | None) ->
     """The `KafkaBatchInfo` of an on-failure record: metadata only, never the records' data."""
     ranges: dict[str, dict[str, str]] = {}
     for item in batch.records:
-        offset, moment = str(item.event["offset"]), iso_timestamp(item.event["timestamp"] / 1000)
+        offset, moment = str(item.event["offset"]), _moment(item)
         span = ranges.setdefault(item.lane or "", {"firstRecordOffset": offset, "firstRecordTimestamp": moment})
         span["lastRecordOffset"], span["lastRecordTimestamp"] = offset, moment
-    info: dict[str, Any] = {"batchSize": len(batch)}
-    if cluster_arn:
-        info["eventSourceArn"] = cluster_arn
-    info["bootstrapServers"] = bootstrap_servers
-    info["payloadSize"] = len(json.dumps(event(batch, bootstrap_servers, cluster_arn)).encode())
+    info = _info_head(batch, bootstrap_servers, cluster_arn)
     info["recordsInfo"] = {
         lane: {
             key: span[key]
@@ -113,6 +109,48 @@ def batch_info(batch: Batch, bootstrap_servers: str, cluster_arn: str | None) ->
         for lane, span in ranges.items()
     }
     return {"KafkaBatchInfo": info}
+
+
+def record_failures(batch: Batch, bootstrap_servers: str, cluster_arn: str | None) -> list[FailurePart]:
+    """Lambda's form for a Kafka-topic on-failure destination: one message per failed record, keyed with
+    the record's own key, each with the failed batch's `KafkaBatchInfo` (its size and payload size, as in
+    Lambda's example) narrowed to this record's `recordInfo`, and `payload`, the record alone as a Kafka
+    event. Unlike the batch-level record, it carries the record's data: the failure topic is where the
+    record lives on."""
+    head = _info_head(batch, bootstrap_servers, cluster_arn)
+    return [
+        FailurePart(
+            {
+                "KafkaBatchInfo": {
+                    **head,
+                    "recordInfo": {"offset": str(item.event["offset"]), "timestamp": _moment(item)},
+                },
+                "payload": event(Batch((item,), item.lane), bootstrap_servers, cluster_arn),
+            },
+            key=record_key(item),
+        )
+        for item in batch.records
+    ]
+
+
+def record_key(item: Record) -> bytes | None:
+    """A record's Kafka key, exactly as it was read (the event holds it in base64); None without one."""
+    key = item.event.get("key")
+    return base64.b64decode(key) if isinstance(key, str) else None
+
+
+def _info_head(batch: Batch, bootstrap_servers: str, cluster_arn: str | None) -> dict[str, Any]:
+    """What both forms of `KafkaBatchInfo` open with, in AWS's key order; self-managed Kafka has no ARN."""
+    info: dict[str, Any] = {"batchSize": len(batch)}
+    if cluster_arn:
+        info["eventSourceArn"] = cluster_arn
+    info["bootstrapServers"] = bootstrap_servers
+    info["payloadSize"] = len(json.dumps(event(batch, bootstrap_servers, cluster_arn)).encode())
+    return info
+
+
+def _moment(item: Record) -> str:
+    return iso_timestamp(item.event["timestamp"] / 1000)
 
 
 def _size(entry: dict[str, Any]) -> int:

@@ -29,36 +29,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import time
 from collections.abc import Iterable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from broker import metrics
-from broker.errors import ConfigError, SourceError
+from broker.destinations.kafka import KafkaTopic
+from broker.errors import SourceError
 from broker.logs import get_logger
 from broker.mapping import EventSourceMapping
-from broker.sources.base import Batch, Source, SourceContext, runtime
-from broker.sources.kafka import offsets, shape
-from broker.sources.kafka.access import client_settings
+from broker.sources.base import Batch, FailurePart, Source, SourceContext, runtime
+from broker.sources.kafka import client, offsets, shape
+from broker.sources.kafka.client import FETCH_WAIT_MS
 from broker.sources.kafka.kind import KafkaKind
 from broker.sources.kafka.lanes import Lanes, Position
 
-FETCH_WAIT_MS = 200
 READ_WAIT_SECONDS = 1.0
 LAG_REFRESH_SECONDS = 5.0
 COMMIT_ATTEMPTS = 5
 RETRY_BACKOFF_SECONDS = 0.5
 DRAIN_MARGIN_SECONDS = 10.0  # beyond the function timeout: queueing, the reply, the commit
-REJOIN_MARGIN_SECONDS = 10.0  # beyond the drain: the group's own round trips
-BOOTSTRAP_ENVIRONMENT = "HEADWATER_KAFKA_BOOTSTRAP_SERVERS"
-# JSON of extra aiokafka consumer arguments (session_timeout_ms, fetch sizes...): Headwater's knobs.
-OPTIONS_ENVIRONMENT = "HEADWATER_KAFKA_CONSUMER_OPTIONS"
 log = get_logger(__name__)
 
 
@@ -83,17 +76,6 @@ class KafkaSource(Source):
         self._lag_due = 0.0
 
     @property
-    def bootstrap_servers(self) -> str:
-        endpoints = self.mapping.self_managed_event_source
-        if endpoints is not None:
-            return ",".join(endpoints.endpoints["KAFKA_BOOTSTRAP_SERVERS"])
-        servers = self.context.kafka_bootstrap_servers or os.environ.get(BOOTSTRAP_ENVIRONMENT)
-        if not servers:
-            problem = f"{self.cluster_arn}: an MSK mapping needs {BOOTSTRAP_ENVIRONMENT} (ARNs are not resolved)"
-            raise ConfigError([problem])
-        return servers
-
-    @property
     def drain_seconds(self) -> float:
         """The longest a revoke waits for the revoked partitions' batches in flight (the source
         context's `kafka_drain_seconds` extra, when given, replaces the default)."""
@@ -102,28 +84,20 @@ class KafkaSource(Source):
             return float(override)
         return self.context.function_timeout_seconds + DRAIN_MARGIN_SECONDS
 
+    @property
+    def bootstrap_servers(self) -> str:
+        return client.bootstrap_servers(self.mapping, self.cluster_arn)
+
     # -- lifecycle ----------------------------------------------------------------------------------
     async def build_consumer(self) -> Any:
         """The consumer, with the mapping's security settings; not yet started."""
-        security = await client_settings(self.mapping.source_access_configurations, self.context.aws_session)
-        options: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap_servers,
-            "group_id": self.group_id,
-            "client_id": f"headwater-{self.mapping.uuid[:8]}",
-            "enable_auto_commit": False,
-            # Only reached without a usable committed offset: the starting position is resolved by
-            # `_position`, and an offset lost to retention restarts at the oldest record kept.
-            "auto_offset_reset": "earliest",
-            "rebalance_timeout_ms": int((self.drain_seconds + REJOIN_MARGIN_SECONDS) * 1000),
-            **security,
-            **self.context.extras.get("kafka_consumer_options", {}),
-            **json.loads(os.environ.get(OPTIONS_ENVIRONMENT) or "{}"),
-        }
-        return AIOKafkaConsumer(**options)
+        return await client.build_consumer(
+            self.mapping, self.context, self.bootstrap_servers, self.group_id, self.drain_seconds
+        )
 
     async def start(self) -> None:
         self.consumer = await self.build_consumer()
-        self.consumer.subscribe([self.topic], listener=_RebalanceListener(self))
+        self.consumer.subscribe([self.topic], listener=client.RebalanceListener(self))
         try:
             await self.consumer.start()
         except KafkaError as error:
@@ -170,8 +144,10 @@ class KafkaSource(Source):
                 log.warning("Kafka fetch failed; retrying", mapping=self.mapping.uuid, error=str(error))
                 await asyncio.sleep(RETRY_BACKOFF_SECONDS)
                 continue
-            except UnicodeDecodeError:
-                await self._skip_unreadable()
+            except UnicodeDecodeError:  # aiokafka names no record: find it, one record at a time
+                reason = await client.step_over_undecodable(self.consumer, self._take_in)
+                if reason is not None:
+                    self.unreadable.append(reason)
                 continue
             self._take_in(fetched)
             if time.monotonic() >= self._lag_due:
@@ -188,34 +164,19 @@ class KafkaSource(Source):
             # whose assignment callback has not run yet.
             epoch = self._lanes.epoch(name) or self._lanes.assign(name)
             for message in messages:
-                self._lanes.add(name, shape.record(message, epoch, filtered), now)
+                try:
+                    record = shape.record(message, epoch, filtered)
+                except Exception as error:  # logged with its traceback; the record is skipped
+                    log.exception("Kafka record cannot be shaped; skipping it", partition=name, offset=message.offset)
+                    self.unreadable.append(
+                        f"{shape.item_id(partition.topic, partition.partition, message.offset)}: "
+                        f"{type(error).__name__}: {error}"
+                    )
+                    continue
+                self._lanes.add(name, record, now)
         self._sync_pauses()
         if fetched:
             self._wake.set()
-
-    async def _skip_unreadable(self) -> None:
-        """Find and step over the record aiokafka cannot decode (a header name that is not UTF-8).
-
-        aiokafka raises without naming the record, and would raise on it forever: each partition is
-        read one record at a time (the good ones are taken in as usual) until one raises; the
-        consumer's position is then that record's offset, and reading resumes just past it. The
-        record is not delivered (its bytes never reach us): it is reported through `unreadable`,
-        so the poller counts it and the mapping's LastProcessingResult says so."""
-        paused = self.consumer.paused()
-        for partition in self.consumer.assignment() - paused:
-            while True:
-                try:
-                    fetched = await self.consumer.getmany(partition, timeout_ms=FETCH_WAIT_MS, max_records=1)
-                except UnicodeDecodeError as error:
-                    offset = await self.consumer.position(partition)
-                    name = shape.item_id(partition.topic, partition.partition, offset)
-                    log.error("Kafka record cannot be decoded; skipping it", record=name, error=str(error))
-                    self.unreadable.append(f"{name}: {error}")
-                    self.consumer.seek(partition, offset + 1)
-                    return
-                if not fetched:
-                    break
-                self._take_in(fetched)
 
     def _sync_pauses(self) -> None:
         """Pause exactly the partitions with a batch out or a full buffer; resume the others."""
@@ -263,7 +224,7 @@ class KafkaSource(Source):
             else:
                 advance = offset - self._committed.get(name, first_offset)
                 self._committed[name] = offset
-                metrics.ESM_EVENTS.labels(self.mapping.uuid, "kafka", "committed").inc(max(advance, 0))
+                metrics.MAPPING_EVENTS.labels(self.mapping.uuid, "kafka", "committed").inc(max(advance, 0))
                 return
 
     # -- rebalances ---------------------------------------------------------------------------------
@@ -357,6 +318,13 @@ class KafkaSource(Source):
     def failure_record_info(self, batch: Batch) -> dict[str, Any]:
         return shape.batch_info(batch, self.bootstrap_servers, self.cluster_arn)
 
+    def failure_record_parts(self, batch: Batch, target: str) -> list[FailurePart] | None:
+        """To a Kafka topic Lambda writes one message per failed record, keyed with the record's key;
+        every other target gets the batch-level record."""
+        if not KafkaTopic.matches(target):
+            return None
+        return shape.record_failures(batch, self.bootstrap_servers, self.cluster_arn)
+
     def desired_concurrency(self, backlog_hint: int) -> int:
         """One batch per assigned partition (Lambda: at most one consumer per partition)."""
         return max(1, len(self._lanes.owned()))
@@ -371,19 +339,6 @@ class KafkaSource(Source):
 
     def item_id_of(self, identifier: Any) -> str | None:
         return shape.item_id_of(identifier)
-
-
-class _RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no types
-    """aiokafka insists on an instance of its listener class; this one hands over to the source."""
-
-    def __init__(self, source: KafkaSource) -> None:
-        self._source = source
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._source.partitions_revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self._source.partitions_assigned(assigned)
 
 
 def _offset(batch: Batch, index: int) -> int:

@@ -6,6 +6,5 @@ running mapping, on the shared sharded-stream machinery of `broker.sources.shard
 """
 
 from broker.sources.kinesis.kind import KinesisKind
-from broker.sources.kinesis.source import KinesisSource
 
-__all__ = ["KinesisKind", "KinesisSource"]
+__all__ = ["KinesisKind"]

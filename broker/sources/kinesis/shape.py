@@ -67,7 +67,7 @@ def event(batch: Batch) -> dict[str, Any]:
 
 def batch_info(batch: Batch, stream_arn: str) -> dict[str, Any]:
     """Lambda's `KinesisBatchInfo`: metadata only; a consumer re-reads the shard by sequence number."""
-    first, last = batch.records[0], batch.records[-1]
+    first, last = batch.span[0], batch.span[-1]
     handle = first.handle
     assert isinstance(handle, Position)
     return {

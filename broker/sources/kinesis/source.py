@@ -5,15 +5,14 @@ LATEST, or AT_TIMESTAMP at StartingPositionTimestamp); a shard that appeared whi
 ran (a split or merge child) is read from its first record, since nothing before it can have been
 missed; with a checkpoint, AFTER_SEQUENCE_NUMBER it. GetRecords runs at once while records come
 (at most five times a second, Kinesis's per-shard limit) and about once a second when the shard
-is idle; throttles back off. The acknowledgement contract, leases and resharding are
-`broker.sources.shards`'s.
+is idle; throttles back off. The acknowledgement contract, leases, resharding and tumbling
+windows (TumblingWindowInSeconds) are `broker.sources.shards`'s.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from broker.errors import ConfigError
 from broker.sources.base import Batch, Record, SourceContext, runtime
 from broker.sources.kinesis import shape
 from broker.sources.kinesis.client import KinesisClient
@@ -39,21 +38,11 @@ class KinesisSource(ShardedSource):
         role = f"arn:aws:iam::{context.account_id}:role/{mapping.function_name}"
         self.stream = shape.Stream(arn, context.region, role, bool(mapping.filter_criteria.filters))
 
-    async def start(self) -> None:
-        if self.mapping.tumbling_window_in_seconds:
-            raise ConfigError(["TumblingWindowInSeconds is not supported by this Headwater yet (issue 8, phase 2)"])
+    async def open_service(self) -> None:
         await self.client.open()
-        try:
-            await super().start()
-        except BaseException:
-            await self.client.close()
-            raise
 
-    async def stop(self) -> None:
-        try:
-            await super().stop()
-        finally:
-            await self.client.close()
+    async def close_service(self) -> None:
+        await self.client.close()
 
     # -- the service ----------------------------------------------------------------------------------
     async def list_shards(self) -> list[ShardInfo]:

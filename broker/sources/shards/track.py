@@ -12,7 +12,11 @@ Pure bookkeeping with no client in it, so the rules read (and test) on their own
 - The checkpoint may move only over a prefix of records that are all done: with several lanes a
   record done early waits for every record read before it. A record is done when its batch
   settled, or when a later part of its batch is invoked (a partial-failure retry or the second
-  half of a bisection: everything before it reached its final outcome).
+  half of a bisection: everything before it reached its final outcome), or at once when it was
+  read but could not be shaped (`skip`: reported unreadable, never sent).
+- With tumbling windows (`windows`, see `broker.sources.shards.windows`) the shard has one lane,
+  batches are cut at window boundaries, a window's final invocation goes out before anything of
+  the next window, and the checkpoint stays before the open window's first record.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 
 from broker.shard_leases import OwnedShard
 from broker.sources.base import Batch, Record, take_batch
+from broker.sources.shards.windows import ShardWindows
 
 PAYLOAD_LIMIT_BYTES = 6_291_456  # Lambda's synchronous invoke limit, which caps a batch
 EVENT_OVERHEAD_BYTES = 512  # the event's own keys
@@ -56,8 +61,11 @@ class ShardTrack:
         batch_size: int,
         window_seconds: float,
         limit_bytes: int = PAYLOAD_LIMIT_BYTES,
+        *,
+        windows: ShardWindows | None = None,
     ) -> None:
         self.shard = shard
+        self.windows = windows
         self.batch_size = batch_size
         self.window_seconds = window_seconds
         self.limit_bytes = limit_bytes - EVENT_OVERHEAD_BYTES
@@ -69,6 +77,7 @@ class ShardTrack:
         self.checkpointed: str | None = shard.checkpoint  # what Redis holds
         self.last_read: str | None = shard.checkpoint  # the last sequence number read
         self.reading_done = False  # the reader reached the end of a closed shard
+        self.idle_read_began: float | None = None  # wall clock: when the latest read finding nothing began
         self.draining = False  # another replica asked for the shard, or it is being let go
         self.lost = False  # fenced: another replica holds the lease now
         self.age_seconds = 0.0
@@ -101,6 +110,16 @@ class ShardTrack:
         lane.buffered_bytes += record.size_bytes
         self._unsettled.append((handle.index, handle.sequence))
         self.last_read = handle.sequence
+        if self.windows is not None:
+            self.windows.assign(handle.index, record.arrived_at)
+
+    def skip(self, position: Position) -> None:
+        """A record read by `position()` but never buffered (it could not be shaped): done at once,
+        so the checkpoint passes it in read order, once every record read before it is done."""
+        self._unsettled.append((position.index, position.sequence))
+        self._done.add(position.index)
+        self.last_read = position.sequence
+        self._advance()
 
     @property
     def buffered(self) -> int:
@@ -120,6 +139,8 @@ class ShardTrack:
     def take_ready(self, now: float) -> Batch | None:
         if self.draining or self.lost:
             return None
+        if self.windows is not None:
+            return self._take_windowed(self.windows, now)
         for number, lane in enumerate(self._lanes):
             if lane.in_flight is None and self._ready(lane, now):
                 return self._take(lane, number)
@@ -160,6 +181,8 @@ class ShardTrack:
             lane.in_flight = None
             lane.invoked = None
             lane.freed_at = asyncio.get_running_loop().time()
+            if self.windows is not None and batch.final:
+                self.windows.closed()
         self._advance()
 
     @property
@@ -168,15 +191,41 @@ class ShardTrack:
         return self.reading_done and not self._unsettled and not self.buffered and not self.in_flight
 
     # -- internals ----------------------------------------------------------------------------------
+    def _take_windowed(self, windows: ShardWindows, now: float) -> Batch | None:
+        """The one lane's next batch: the open window's final invocation once the window is over,
+        else a batch cut at the window's boundary."""
+        lane = self._lanes[0]
+        if lane.in_flight is not None:
+            return None
+        first = _index(lane.buffer[0][0]) if lane.buffer else None
+        if windows.is_over(first, self.reading_done, self.idle_read_began):
+            final = windows.close(f"{self.shard_id}#0")
+            if final is not None:
+                lane.in_flight = ()  # the final invocation has no record of its own: nothing to mark done
+                return final
+            self._advance()
+        if not self._ready(lane, now):
+            return None
+        batch = self._take(lane, 0)
+        windows.opened(batch)
+        return batch
+
     def _ready(self, lane: _Lane, now: float) -> bool:
         if not lane.buffer:
             return False
+        if self.windows is not None and self.windows.spans_windows(
+            _index(lane.buffer[0][0]), _index(lane.buffer[-1][0])
+        ):
+            return True  # a later window's record was read: this window's batch waits no more
         if len(lane.buffer) >= self.batch_size or lane.buffered_bytes >= self.limit_bytes:
             return True
         return now - max(lane.buffer[0][1], lane.freed_at) >= self.window_seconds
 
     def _take(self, lane: _Lane, number: int) -> Batch:
-        taken, size = take_batch(lane.buffer, self.batch_size, self.limit_bytes)
+        limit = self.batch_size
+        if self.windows is not None:  # never past the first record's window
+            limit = self.windows.same_window((_index(record) for record, _ in lane.buffer), limit)
+        taken, size = take_batch(lane.buffer, limit, self.limit_bytes)
         lane.buffered_bytes -= size
         lane.in_flight = tuple(_index(record) for record in taken)
         return Batch(tuple(taken), lane=f"{self.shard_id}#{number}")
@@ -189,7 +238,10 @@ class ShardTrack:
         return self._lanes[int(number)]
 
     def _advance(self) -> None:
-        while self._unsettled and self._unsettled[0][0] in self._done:
+        hold = self.windows.hold if self.windows is not None else None
+        while (
+            self._unsettled and self._unsettled[0][0] in self._done and (hold is None or self._unsettled[0][0] < hold)
+        ):
             index, sequence = self._unsettled.popleft()
             self._done.discard(index)
             self.progress = sequence

@@ -1,20 +1,28 @@
 """The event source contract, run against Kafka: a fresh 3-partition topic and consumer group per
 test on the session's real broker. A lane is a partition; records sent without one share partition
-0, so a batch holds them all, as one SQS receive would."""
+0, so a batch holds them all, as one SQS receive would.
+
+The contract's `stack` (tests/sources/contract.py) replaces this folder's `KafkaStack` here, with a
+worker pool of this module's own serving the contract's recorder functions.
+"""
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from tests.rig import KafkaBroker
-from tests.sources.contract import SourceContract
+from tests.rig import KafkaBroker, RedisServer
+from tests.rig.common import ManagedProcess
+from tests.sources.contract import REPO_ROOT, SourceContract, Stack, functions, session_worker_pool
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 PARTITIONS = 3
@@ -90,6 +98,24 @@ class KafkaHarness:
             assert record["timestampType"] == "CREATE_TIME"
             assert isinstance(record["timestamp"], int)
             assert record["headers"] == []
+
+
+@pytest.fixture(scope="module")
+def contract_workers(redis_server: RedisServer) -> Iterator[ManagedProcess]:
+    """`headwater worker` serving the contract's functions while this module runs (two processes, prefetch 1)."""
+    with session_worker_pool("kafka-contract-workers", redis_server.url, functions(redis_server.url)) as pool:
+        yield pool
+
+
+@pytest.fixture
+async def stack(
+    redis_url: str, aws_env: dict[str, str], contract_workers: ManagedProcess, tmp_path: Path
+) -> AsyncIterator[Stack]:
+    env = {**os.environ, **aws_env, "HEADWATER_REDIS_URL": redis_url, "PYTHONPATH": str(REPO_ROOT)}
+    running = Stack(redis_url, tmp_path, env)
+    yield running
+    await running.close()
+    assert contract_workers.running, f"the worker pool died:\n{contract_workers.describe_log()}"
 
 
 @pytest.fixture
