@@ -17,14 +17,15 @@ import tempfile
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-from redis import Redis
+from typing import TYPE_CHECKING, Any
 
 from broker.client import Client
 from broker.config import Config, load_config
 from broker.embedded_redis import EmbeddedRedis
 from broker.model import InvocationType
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 STREAMS = {
     "succeeded": "headwater:dev:succeeded",
@@ -75,7 +76,7 @@ def _demonstrate(config: Config, redis_url: str) -> None:
     )
     failing = client.invoke("fail", {"order": 42}, InvocationType.EVENT)
     _show("Event fail (3 attempts, then dead-letter queue and on-failure destination)", failing)
-    streams = _await_outcomes(Redis.from_url(redis_url))
+    streams = _await_outcomes(client.redis)
     for label, entries in streams.items():
         for fields in entries:
             print(f"\n{label}:")
