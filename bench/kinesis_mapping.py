@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from broker import keys
 from tests.rig import KinesaliteServer, RedisServer, aws_env, free_port
+from tests.rig.redis import reply_text
 
 SHARDS = 2
 WARM_UP_SECONDS = 3.0
@@ -66,7 +67,7 @@ def _redis() -> Redis:
 
 def samples(redis: Redis) -> list[tuple[float, int, float]]:
     raw = redis.lrange(SAMPLES_KEY, 0, -1)
-    return [(float(a), int(b), float(c)) for a, b, c in (item.decode().split() for item in raw)]
+    return [(float(a), int(b), float(c)) for a, b, c in (reply_text(item).split() for item in raw)]
 
 
 # -- the stream ------------------------------------------------------------------------------------
@@ -204,9 +205,9 @@ class Bench:
                 await asyncio.sleep(0.1)
                 continue
             for key in self.redis.scan_iter(match=f"{keys.PREFIX}:shards:*"):
-                uuid_ = key.decode().rsplit(":", 1)[1]
+                uuid_ = reply_text(key).rsplit(":", 1)[1]
                 owners = [
-                    self.redis.hget(keys.shard_lease(uuid_, s.decode()), "owner") for s in self.redis.smembers(key)
+                    self.redis.hget(keys.shard_lease(uuid_, reply_text(s)), "owner") for s in self.redis.smembers(key)
                 ]
                 if len(owners) == SHARDS and all(owners):
                     return

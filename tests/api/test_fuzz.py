@@ -40,6 +40,7 @@ def requests(draw: st.DrawFn) -> tuple[str, str, dict[str, str], bytes]:
 
 def _check(endpoint: str, method: str, target: str, headers: dict[str, str], body: bytes) -> None:
     parts = urlsplit(endpoint)
+    assert parts.hostname is not None, endpoint
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
     try:
         connection.request(method, target, body=body, headers=headers)

@@ -47,6 +47,12 @@ def send_command(port: int, *args: str, password: str | None = None, timeout: fl
             return reply.readline().rstrip(b"\r\n")
 
 
+def reply_text(reply: bytes | str) -> str:
+    """One redis-py reply as text. The tests' clients leave replies as bytes, but redis-py's types say
+    `bytes | str` (a client made with `decode_responses=True` answers str), so the type checker needs this."""
+    return reply.decode() if isinstance(reply, bytes) else reply
+
+
 class RedisServer(Service):
     """One ``redis-server`` on a free loopback port, with a private data dir.
 

@@ -26,6 +26,7 @@ from tests.api.conftest import KEY_ID, REPO_ROOT, SECRET, ApiStack, _wait_until_
 from tests.rig import MotoServer, RedisServer
 from tests.rig import aws_env as moto_aws_env
 from tests.rig.common import free_ports
+from tests.rig.redis import reply_text
 
 DATABASE = 11
 ACCOUNT = "000000000000"
@@ -53,7 +54,7 @@ class RuntimeStack:
     def state(self, uuid: str) -> dict[str, str]:
         """What the pollers last reported for a mapping (empty once they forgot it)."""
         stored = self.api.redis.hgetall(keys.mapping_state(uuid))
-        return {key.decode(): value.decode() for key, value in stored.items()}
+        return {reply_text(key): reply_text(value) for key, value in stored.items()}
 
 
 def _configuration(redis_url: str, file_queue_arn: str) -> dict[str, Any]:

@@ -53,9 +53,10 @@ async def test_concurrency_zero_put_through_the_api_throttles_the_next_invocatio
 
     def runs_again() -> bool:
         try:
-            return client.invoke(FunctionName="echo", Payload=b'{"again": 1}')["StatusCode"] == 200
+            status: int = client.invoke(FunctionName="echo", Payload=b'{"again": 1}')["StatusCode"]
         except client.exceptions.TooManyRequestsException:  # a worker that has not looked again yet
             return False
+        return status == 200
 
     await eventually(runs_again, REFRESH_SECONDS + 3, runtime.api.logs)
     python.redis.close()
