@@ -9,7 +9,6 @@ its jobs, when several suites run in one session.
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -20,28 +19,23 @@ import aioboto3
 import pytest
 from redis import Redis
 
-from broker import keys
+from tests.harness import ShardedStreamHarness, emptied, private_redis, running_stack, serving_pool
 from tests.rig import MotoServer, RedisServer
-from tests.rig.common import ManagedProcess, start_or_fail
-from tests.sources.contract import REPO_ROOT, Stack, functions, session_worker_pool
+from tests.rig.common import ManagedProcess
+from tests.sources.contract import Stack
 
 HANDLER = "tests.dynamodb.handler.handle"
 WORKER_PROCESSES = 2
 LEASE_SECONDS = 2.0
 
 
-@pytest.fixture(scope="session")
-def dynamodb_redis() -> Iterator[RedisServer]:
-    server = start_or_fail(RedisServer())
-    yield server
-    server.close()
+dynamodb_redis = private_redis("dynamodb_redis")
 
 
 @pytest.fixture(scope="session")
 def dynamodb_workers(dynamodb_redis: RedisServer, moto_server: MotoServer) -> Iterator[ManagedProcess]:
     """`headwater worker`, two processes, prefetch 1, serving the contract's functions with our handler."""
-    served = [dict(function, Handler=HANDLER) for function in functions(dynamodb_redis.url)]
-    with session_worker_pool("dynamodb-workers", dynamodb_redis.url, served, WORKER_PROCESSES) as pool:
+    with serving_pool("dynamodb-workers", dynamodb_redis.url, HANDLER, WORKER_PROCESSES) as pool:
         yield pool
 
 
@@ -56,31 +50,20 @@ def dynamodb_env(aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> di
 async def stack(
     dynamodb_redis: RedisServer, dynamodb_env: dict[str, str], dynamodb_workers: ManagedProcess, tmp_path: Path
 ) -> AsyncIterator[Stack]:
-    if not dynamodb_redis.running:
-        start_or_fail(dynamodb_redis)
-    dynamodb_redis.flushall()
-    env = {**os.environ, **dynamodb_env, "HEADWATER_REDIS_URL": dynamodb_redis.url, "PYTHONPATH": str(REPO_ROOT)}
-    running = Stack(dynamodb_redis.url, tmp_path, env)
-    yield running
-    await running.close()
-    assert dynamodb_workers.running, f"the worker pool died:\n{dynamodb_workers.describe_log()}"
+    async with running_stack(emptied(dynamodb_redis), dynamodb_env, dynamodb_workers, tmp_path) as running:
+        yield running
 
 
-class DynamoDbHarness:
+class DynamoDbHarness(ShardedStreamHarness):
     """The contract's view of a DynamoDB table's stream: a fresh table per test, one item per body
     (keyed by the body's `ns` and `id`, the body itself in the `body` attribute). One shard holds
     every change, so a lane needs nothing of its own: the shard's order is every lane's order."""
 
-    redelivery_seconds = 0.5  # nothing comes back while its batch is out: a shard waits for its batch
-    retries_after_failure_in_place = True
-    redelivers_in_order = True
-
     def __init__(self, dynamodb: Any, streams: Any, redis: Redis) -> None:
+        super().__init__(streams, redis)
         self.dynamodb = dynamodb
         self.streams = streams
-        self.redis = redis
         self.table = f"table-{uuid.uuid4().hex[:10]}"
-        self.arn = ""
 
     async def create(self, *, ordered: bool = False, view_type: str = "NEW_AND_OLD_IMAGES") -> None:
         answer = await self.dynamodb.create_table(
@@ -115,42 +98,15 @@ class DynamoDbHarness:
     async def delete(self, body: dict[str, Any]) -> None:
         await self.dynamodb.delete_item(TableName=self.table, Key={"ns": {"S": body["ns"]}, "id": {"S": body["id"]}})
 
-    def mapping(self, function: str = "recorder", **fields: Any) -> dict[str, Any]:
-        return {"FunctionName": function, "EventSourceArn": self.arn, "StartingPosition": "TRIM_HORIZON", **fields}
+    async def shard_ids(self) -> list[str]:
+        description = (await self.streams.describe_stream(StreamArn=self.arn))["StreamDescription"]
+        return [shard["ShardId"] for shard in description["Shards"]]
 
-    async def unacknowledged(self) -> int:
-        """Stream records after their shard's checkpoint (every record of a shard never checkpointed)."""
-        uuid_ = self.mapping_uuid()
-        total = 0
-        for shard_id, sequences in (await self.records_by_shard()).items():
-            checkpoint = self.redis.hget(keys.shard_lease(uuid_, shard_id), "checkpoint") if uuid_ else None
-            after = int(checkpoint) if checkpoint else -1
-            total += sum(1 for sequence in sequences if int(sequence) > after)
-        return total
+    def stream(self) -> dict[str, str]:
+        return {"StreamArn": self.arn}
 
-    async def records_by_shard(self) -> dict[str, list[str]]:
-        """Every sequence number in the stream, per shard, read from its start."""
-        shards = (await self.streams.describe_stream(StreamArn=self.arn))["StreamDescription"]["Shards"]
-        found: dict[str, list[str]] = {}
-        for shard in shards:
-            iterator = (
-                await self.streams.get_shard_iterator(
-                    StreamArn=self.arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-                )
-            )["ShardIterator"]
-            sequences: list[str] = []
-            while iterator:
-                answer = await self.streams.get_records(ShardIterator=iterator, Limit=1000)
-                sequences += [record["dynamodb"]["SequenceNumber"] for record in answer["Records"]]
-                if not answer["Records"]:
-                    break
-                iterator = answer.get("NextShardIterator")
-            found[shard["ShardId"]] = sequences
-        return found
-
-    def mapping_uuid(self) -> str | None:
-        members = [key.decode() for key in self.redis.scan_iter(match=f"{keys.PREFIX}:shards:*")]
-        return members[0].rsplit(":", 1)[1] if members else None
+    def sequence_number(self, record: dict[str, Any]) -> str:
+        return str(record["dynamodb"]["SequenceNumber"])
 
     def check_event(self, event: dict[str, Any], bodies: list[dict[str, Any]]) -> None:
         check_dynamodb_event(event["dynamodbEvent"], bodies, self.arn)

@@ -14,13 +14,12 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 
-import aioboto3
 import pytest
 
 from tests.dynamodb.conftest import DynamoDbHarness
+from tests.harness import FailureQueue, given_up_batch, none_left, open_failure_queue
 from tests.sources.contract import REPO_ROOT, Stack, bodies
 
 pytestmark = pytest.mark.timeout(60)
@@ -28,27 +27,10 @@ BLOB = b"\x00\xffhead"
 SECONDS_ONLY = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
 
-@dataclass
-class FailureQueue:
-    client: Any
-    url: str
-    arn: str
-
-    async def records(self, count: int) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = []
-        deadline = time.monotonic() + 20
-        while len(found) < count and time.monotonic() < deadline:
-            answer = await self.client.receive_message(QueueUrl=self.url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
-            found += [json.loads(message["Body"]) for message in answer.get("Messages", [])]
-        return found
-
-
 @pytest.fixture
 async def failure_queue(dynamodb_env: dict[str, str]) -> AsyncIterator[FailureQueue]:
-    async with aioboto3.Session().client("sqs") as client:
-        url = (await client.create_queue(QueueName=f"failed-{time.monotonic_ns()}"))["QueueUrl"]
-        attributes = await client.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
-        yield FailureQueue(client, url, attributes["Attributes"]["QueueArn"])
+    async with open_failure_queue() as queue:
+        yield queue
 
 
 async def test_inserts_modifies_and_removes_arrive_in_order_with_their_images(
@@ -99,17 +81,9 @@ async def test_retries_then_the_on_failure_record_then_the_shard_moves_on(
     stack.spawn_poller([harness.mapping(BatchSize=2, MaximumRetryAttempts=1, DestinationConfig=on_failure)])
     await stack.wait_for(lambda: set(stack.attempts(ns)) == {"m1", "m2", "m3", "m4"}, what="the shard moved on")
     [record] = await failure_queue.records(1)
-    await stack.wait_for(lambda: _zero(harness.unacknowledged()), what="checkpointed past the given-up batch")
+    await stack.wait_for(none_left(harness.unacknowledged), what="checkpointed past the given-up batch")
     assert stack.attempts(ns) == {"m1": 2, "m2": 2, "m3": 1, "m4": 1}
-    assert list(record) == ["requestContext", "responseContext", "version", "timestamp", "DDBStreamBatchInfo"]
-    assert record["requestContext"]["condition"] == "RetryAttemptsExhausted"
-    assert record["requestContext"]["approximateInvokeCount"] == 2
-    assert record["responseContext"]["functionError"] == "Unhandled"
-    info = record["DDBStreamBatchInfo"]
-    assert list(info) == [
-        "shardId", "startSequenceNumber", "endSequenceNumber", "approximateArrivalOfFirstRecord",
-        "approximateArrivalOfLastRecord", "batchSize", "streamArn",
-    ]  # fmt: skip
+    info = given_up_batch(record, "DDBStreamBatchInfo", invocations=2)
     [sequences] = (await harness.records_by_shard()).items()
     assert (info["shardId"], info["batchSize"], info["streamArn"]) == (sequences[0], 2, harness.arn)
     assert (info["startSequenceNumber"], info["endSequenceNumber"]) == (sequences[1][0], sequences[1][1])
@@ -125,7 +99,7 @@ async def test_filter_criteria_match_the_dynamodb_key(stack: Stack, harness: Dyn
     await harness.update({"ns": ns, "id": "m2"}, "SET #s = :s", {":s": {"S": "done"}}, names={"#s": "status"})
     pattern = {"dynamodb": {"NewImage": {"status": {"S": ["done"]}}}, "eventName": ["INSERT"]}
     stack.spawn_poller([harness.mapping(FilterCriteria={"Filters": [{"Pattern": json.dumps(pattern)}]})])
-    await stack.wait_for(lambda: _zero(harness.unacknowledged()), what="checkpointed past every record")
+    await stack.wait_for(none_left(harness.unacknowledged), what="checkpointed past every record")
     assert stack.attempts(ns) == {"m1": 1, "m3": 1}, "only INSERTs whose new image is done"
 
 
@@ -135,7 +109,7 @@ async def test_a_checkpoint_survives_a_poller_restart(stack: Stack, harness: Dyn
     mapping = harness.mapping(BatchSize=2)
     await harness.send(bodies(ns, 2))
     first = stack.spawn_poller([mapping])
-    await stack.wait_for(lambda: _zero(harness.unacknowledged()), what="the first batch checkpointed")
+    await stack.wait_for(none_left(harness.unacknowledged), what="the first batch checkpointed")
     await harness.send(bodies(ns, 2, prefix="b", b1={"block": True}))
     await stack.wait_for(lambda: stack.started(ns), what="the second batch to start")
     first.kill()
@@ -143,7 +117,7 @@ async def test_a_checkpoint_survives_a_poller_restart(stack: Stack, harness: Dyn
     await harness.send(bodies(ns, 1, prefix="late"))
     assert await harness.unacknowledged() == 3, "nothing after the first batch was checkpointed"
     stack.spawn_poller([mapping])
-    await stack.wait_for(lambda: _zero(harness.unacknowledged()), what="the restarted poller caught up")
+    await stack.wait_for(none_left(harness.unacknowledged), what="the restarted poller caught up")
     attempts = stack.attempts(ns)
     assert (attempts["m1"], attempts["m2"]) == (1, 1), "the checkpoint held: the first batch did not run again"
     assert attempts["b1"] >= 2, "the batch out at the kill ran again"
@@ -194,7 +168,3 @@ def _mappings_table(stack: Stack) -> str:
 
 def _changes_seen(stack: Stack, namespace: str, count: int) -> Callable[[], bool]:
     return lambda: len(_records(stack, namespace)) == count
-
-
-async def _zero(count: Any) -> bool:
-    return bool(await count == 0)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,9 +19,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from tests.harness import running_stack
 from tests.rig import KafkaBroker, RedisServer
 from tests.rig.common import ManagedProcess
-from tests.sources.contract import REPO_ROOT, SourceContract, Stack, functions, session_worker_pool
+from tests.sources.contract import SourceContract, Stack, functions, session_worker_pool
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 PARTITIONS = 3
@@ -111,11 +111,8 @@ def contract_workers(redis_server: RedisServer) -> Iterator[ManagedProcess]:
 async def stack(
     redis_url: str, aws_env: dict[str, str], contract_workers: ManagedProcess, tmp_path: Path
 ) -> AsyncIterator[Stack]:
-    env = {**os.environ, **aws_env, "HEADWATER_REDIS_URL": redis_url, "PYTHONPATH": str(REPO_ROOT)}
-    running = Stack(redis_url, tmp_path, env)
-    yield running
-    await running.close()
-    assert contract_workers.running, f"the worker pool died:\n{contract_workers.describe_log()}"
+    async with running_stack(redis_url, aws_env, contract_workers, tmp_path) as running:
+        yield running
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -21,10 +20,10 @@ import aioboto3
 import pytest
 from redis import Redis
 
-from broker import keys
+from tests.harness import ShardedStreamHarness, emptied, private_redis, running_stack, serving_pool
 from tests.rig import KinesaliteServer, MotoServer, RedisServer
 from tests.rig.common import ManagedProcess, start_or_fail
-from tests.sources.contract import REPO_ROOT, Stack, functions, session_worker_pool
+from tests.sources.contract import Stack
 
 HANDLER = "tests.kinesis.handler.handle"
 WORKER_PROCESSES = 2
@@ -38,18 +37,13 @@ def kinesalite() -> Iterator[KinesaliteServer]:
     server.close()
 
 
-@pytest.fixture(scope="session")
-def kinesis_redis() -> Iterator[RedisServer]:
-    server = start_or_fail(RedisServer())
-    yield server
-    server.close()
+kinesis_redis = private_redis("kinesis_redis")
 
 
 @pytest.fixture(scope="session")
 def kinesis_workers(kinesis_redis: RedisServer, moto_server: MotoServer) -> Iterator[ManagedProcess]:
     """`headwater worker`, two processes, prefetch 1, serving the contract's functions with our handler."""
-    served = [dict(function, Handler=HANDLER) for function in functions(kinesis_redis.url)]
-    with session_worker_pool("kinesis-workers", kinesis_redis.url, served, WORKER_PROCESSES) as pool:
+    with serving_pool("kinesis-workers", kinesis_redis.url, HANDLER, WORKER_PROCESSES) as pool:
         yield pool
 
 
@@ -71,14 +65,8 @@ def kinesis_endpoint(
 async def stack(
     kinesis_redis: RedisServer, kinesis_endpoint: dict[str, str], kinesis_workers: ManagedProcess, tmp_path: Path
 ) -> AsyncIterator[Stack]:
-    if not kinesis_redis.running:
-        start_or_fail(kinesis_redis)
-    kinesis_redis.flushall()
-    env = {**os.environ, **kinesis_endpoint, "HEADWATER_REDIS_URL": kinesis_redis.url, "PYTHONPATH": str(REPO_ROOT)}
-    running = Stack(kinesis_redis.url, tmp_path, env)
-    yield running
-    await running.close()
-    assert kinesis_workers.running, f"the worker pool died:\n{kinesis_workers.describe_log()}"
+    async with running_stack(emptied(kinesis_redis), kinesis_endpoint, kinesis_workers, tmp_path) as running:
+        yield running
 
 
 @pytest.fixture
@@ -87,19 +75,16 @@ async def kinesis(kinesis_endpoint: dict[str, str]) -> AsyncIterator[Any]:
         yield client
 
 
-class KinesisHarness:
+class KinesisHarness(ShardedStreamHarness):
     """The contract's view of Kinesis: a fresh stream per test; records of one lane share a partition key."""
 
-    redelivery_seconds = 0.5  # nothing comes back while its batch is out: a shard waits for its batch
-    retries_after_failure_in_place = True
-    redelivers_in_order = True
+    page_size = 10000
 
     def __init__(self, client: Any, redis: Redis, shards: int = 1) -> None:
+        super().__init__(client, redis)
         self.client = client
-        self.redis = redis
         self.shards = shards
         self.name = f"stream-{uuid.uuid4().hex[:10]}"
-        self.arn = ""
 
     async def create(self, *, ordered: bool = False, shards: int | None = None) -> None:
         await self.client.create_stream(StreamName=self.name, ShardCount=shards or self.shards)
@@ -119,41 +104,14 @@ class KinesisHarness:
             written += answer["Records"]
         return written
 
-    def mapping(self, function: str = "recorder", **fields: Any) -> dict[str, Any]:
-        return {"FunctionName": function, "EventSourceArn": self.arn, "StartingPosition": "TRIM_HORIZON", **fields}
+    async def shard_ids(self) -> list[str]:
+        return [shard["ShardId"] for shard in (await self.client.list_shards(StreamName=self.name))["Shards"]]
 
-    async def unacknowledged(self) -> int:
-        """Records after their shard's checkpoint (every record of a shard never checkpointed)."""
-        total = 0
-        for shard_id, sequences in (await self.records_by_shard()).items():
-            uuid_ = self.mapping_uuid()
-            checkpoint = self.redis.hget(keys.shard_lease(uuid_, shard_id), "checkpoint") if uuid_ else None
-            after = int(checkpoint) if checkpoint else -1
-            total += sum(1 for sequence in sequences if int(sequence) > after)
-        return total
+    def stream(self) -> dict[str, str]:
+        return {"StreamName": self.name}
 
-    async def records_by_shard(self) -> dict[str, list[str]]:
-        shards = (await self.client.list_shards(StreamName=self.name))["Shards"]
-        found: dict[str, list[str]] = {}
-        for shard in shards:
-            iterator = (
-                await self.client.get_shard_iterator(
-                    StreamName=self.name, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-                )
-            )["ShardIterator"]
-            sequences: list[str] = []
-            while iterator:
-                answer = await self.client.get_records(ShardIterator=iterator, Limit=10000)
-                sequences += [record["SequenceNumber"] for record in answer["Records"]]
-                if not answer["Records"]:
-                    break
-                iterator = answer.get("NextShardIterator")
-            found[shard["ShardId"]] = sequences
-        return found
-
-    def mapping_uuid(self) -> str | None:
-        members = [key.decode() for key in self.redis.scan_iter(match=f"{keys.PREFIX}:shards:*")]
-        return members[0].rsplit(":", 1)[1] if members else None
+    def sequence_number(self, record: dict[str, Any]) -> str:
+        return str(record["SequenceNumber"])
 
     def check_event(self, event: dict[str, Any], bodies: list[dict[str, Any]]) -> None:
         check_kinesis_event(event["kinesisEvent"], bodies, self.arn)

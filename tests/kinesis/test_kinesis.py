@@ -13,14 +13,14 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator
 from typing import Any
 
-import aioboto3
 import pytest
 from prometheus_client import REGISTRY
 
 from broker import keys
+from tests.harness import FailureQueue, given_up_batch, none_left, open_failure_queue
 from tests.kinesis.conftest import LEASE_SECONDS, KinesisHarness
 from tests.rig.redis import reply_text
 from tests.sources.contract import REPO_ROOT, Stack, bodies
@@ -32,24 +32,10 @@ pytestmark = [
 ]
 
 
-async def _failure_queue() -> tuple[Any, str, str]:
-    session = aioboto3.Session()
-    client = await session.client("sqs").__aenter__()
-    url = (await client.create_queue(QueueName=f"failed-{time.monotonic_ns()}"))["QueueUrl"]
-    arn = (await client.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"]))["Attributes"]["QueueArn"]
-    return client, url, arn
-
-
-async def _failure_records(client: Any, url: str, count: int) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-
-    async def enough() -> bool:
-        answer = await client.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
-        found.extend(json.loads(message["Body"]) for message in answer.get("Messages", []))
-        return len(found) >= count
-
-    await eventually(enough, 20, lambda: f"{count} failure records, got {found}")
-    return found
+@pytest.fixture
+async def failure_queue(kinesis_endpoint: dict[str, str]) -> AsyncIterator[FailureQueue]:
+    async with open_failure_queue() as queue:
+        yield queue
 
 
 def _deliveries_by_key(entries: list[dict[str, Any]]) -> dict[str, list[str]]:
@@ -72,7 +58,7 @@ async def test_order_per_partition_key_with_parallelization(stack: Stack, harnes
     await harness.send(sent)
     await stack.start_poller([harness.mapping(ParallelizationFactor=4, BatchSize=3)])
     await stack.wait_for(lambda: len(stack.attempts(ns)) == 24, what="every record delivered")
-    await stack.wait_for(lambda: _zero(harness.unacknowledged()), what="checkpointed to the end")
+    await stack.wait_for(none_left(harness.unacknowledged), what="checkpointed to the end")
     entries = stack.seen(ns)
     for key, delivered in _deliveries_by_key(entries).items():
         first = list(dict.fromkeys(delivered))
@@ -85,28 +71,20 @@ async def test_order_per_partition_key_with_parallelization(stack: Stack, harnes
     assert overlapping, "ParallelizationFactor 4 ran batches of one shard side by side"
 
 
-async def test_retries_then_on_failure_record_then_moves_on(stack: Stack, harness: KinesisHarness) -> None:
+async def test_retries_then_on_failure_record_then_moves_on(
+    stack: Stack, harness: KinesisHarness, failure_queue: FailureQueue
+) -> None:
     await harness.create()
-    client, url, arn = await _failure_queue()
     ns = stack.namespace()
     written = await harness.send(bodies(ns, 4, m2={"fail": 99}))
-    on_failure = {"OnFailure": {"Destination": arn}}
+    on_failure = {"OnFailure": {"Destination": failure_queue.arn}}
     mapping = harness.mapping(BatchSize=2, MaximumRetryAttempts=1, DestinationConfig=on_failure)
     await stack.start_poller([mapping])
     await stack.wait_for(lambda: set(stack.attempts(ns)) == {"m1", "m2", "m3", "m4"}, what="the shard moved on")
-    [record] = await _failure_records(client, url, 1)
-    await stack.wait_for(lambda: _zero(harness.unacknowledged()), what="checkpointed past the given-up batch")
-    await client.__aexit__(None, None, None)
+    [record] = await failure_queue.records(1)
+    await stack.wait_for(none_left(harness.unacknowledged), what="checkpointed past the given-up batch")
     assert stack.attempts(ns) == {"m1": 2, "m2": 2, "m3": 1, "m4": 1}
-    assert list(record) == ["requestContext", "responseContext", "version", "timestamp", "KinesisBatchInfo"]
-    assert record["requestContext"]["condition"] == "RetryAttemptsExhausted"
-    assert record["requestContext"]["approximateInvokeCount"] == 2
-    assert record["responseContext"]["functionError"] == "Unhandled"
-    info = record["KinesisBatchInfo"]
-    assert list(info) == [
-        "shardId", "startSequenceNumber", "endSequenceNumber", "approximateArrivalOfFirstRecord",
-        "approximateArrivalOfLastRecord", "batchSize", "streamArn",
-    ]  # fmt: skip
+    info = given_up_batch(record, "KinesisBatchInfo", invocations=2)
     assert (info["shardId"], info["batchSize"], info["streamArn"]) == ("shardId-000000000000", 2, harness.arn)
     assert (info["startSequenceNumber"], info["endSequenceNumber"]) == (
         written[0]["SequenceNumber"],
@@ -115,18 +93,20 @@ async def test_retries_then_on_failure_record_then_moves_on(stack: Stack, harnes
     assert info["approximateArrivalOfFirstRecord"].endswith("Z")
 
 
-async def test_bisection_isolates_a_poison_record(stack: Stack, harness: KinesisHarness) -> None:
+async def test_bisection_isolates_a_poison_record(
+    stack: Stack, harness: KinesisHarness, failure_queue: FailureQueue
+) -> None:
     await harness.create()
-    client, url, arn = await _failure_queue()
     ns = stack.namespace()
     written = await harness.send(bodies(ns, 4, m3={"fail": 99}))
     mapping = harness.mapping(
-        BisectBatchOnFunctionError=True, MaximumRetryAttempts=0, DestinationConfig={"OnFailure": {"Destination": arn}}
+        BisectBatchOnFunctionError=True,
+        MaximumRetryAttempts=0,
+        DestinationConfig={"OnFailure": {"Destination": failure_queue.arn}},
     )
     await stack.start_poller([mapping])
-    [record] = await _failure_records(client, url, 1)
-    await stack.wait_for(lambda: _zero(harness.unacknowledged()), what="checkpointed to the end")
-    await client.__aexit__(None, None, None)
+    [record] = await failure_queue.records(1)
+    await stack.wait_for(none_left(harness.unacknowledged), what="checkpointed to the end")
     info = record["KinesisBatchInfo"]
     assert info["batchSize"] == 1
     assert info["startSequenceNumber"] == info["endSequenceNumber"] == written[2]["SequenceNumber"]
@@ -148,7 +128,7 @@ async def test_filter_criteria_match_the_decoded_data(stack: Stack, harness: Kin
     await harness.send(sent)
     pattern = json.dumps({"data": {"keep": [True]}})
     await stack.start_poller([harness.mapping(FilterCriteria={"Filters": [{"Pattern": pattern}]})])
-    await stack.wait_for(lambda: _zero(harness.unacknowledged()), what="checkpointed past every record")
+    await stack.wait_for(none_left(harness.unacknowledged), what="checkpointed past every record")
     assert stack.attempts(ns) == {"m1": 1, "m3": 1, "m5": 1}
     labels = {"mapping": mapping_uuid(harness), "source_type": "kinesis"}
     assert REGISTRY.get_sample_value("headwater_mapping_events_total", {**labels, "stage": "filtered_out"}) == 3
@@ -172,7 +152,7 @@ async def test_three_replicas_share_six_shards_and_take_over_a_dead_ones(stack: 
     assert taken_over < LEASE_SECONDS + 2.5, f"shards moved after {taken_over:.1f} s"
     await harness.send([dict(body, key=body["id"]) for body in bodies(ns, 30, prefix="late")])
     await stack.wait_for(lambda: len(stack.attempts(ns)) == 90, what="records after the takeover delivered")
-    await stack.wait_for(lambda: _zero(harness.unacknowledged()), what="every shard checkpointed")
+    await stack.wait_for(none_left(harness.unacknowledged), what="every shard checkpointed")
     runs: dict[str, list[tuple[float, float]]] = {}
     for entry in stack.seen(ns):
         for identifier in entry["ids"]:
@@ -245,7 +225,3 @@ async def _wait_active(harness: KinesisHarness) -> None:
         return bool(summary["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE")
 
     await eventually(active, 10, lambda: "the stream did not become ACTIVE after the split")
-
-
-async def _zero(count: Awaitable[int]) -> bool:
-    return await count == 0

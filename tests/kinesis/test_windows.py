@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -27,10 +26,11 @@ from broker.shard_leases import OwnedShard
 from broker.sources.base import Record
 from broker.sources.shards import ShardTrack
 from broker.sources.shards.windows import ShardWindows
+from tests.harness import emptied, none_left, private_redis, running_stack, serving_pool
 from tests.kinesis.conftest import KinesisHarness, check_kinesis_event
 from tests.rig import MotoServer, RedisServer
-from tests.rig.common import ManagedProcess, start_or_fail
-from tests.sources.contract import REPO_ROOT, Stack, bodies, functions, session_worker_pool
+from tests.rig.common import ManagedProcess
+from tests.sources.contract import Stack, bodies
 
 pytestmark = pytest.mark.timeout(60)
 on_moto = pytest.mark.parametrize("kinesis_endpoint", ["moto"], indirect=True)
@@ -41,17 +41,12 @@ WRAPPER_KEYS = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def window_redis() -> Iterator[RedisServer]:
-    server = start_or_fail(RedisServer())
-    yield server
-    server.close()
+window_redis = private_redis("window_redis", scope="module")
 
 
 @pytest.fixture(scope="module")
 def window_workers(window_redis: RedisServer, moto_server: MotoServer) -> Iterator[ManagedProcess]:
-    served = [dict(function, Handler=WINDOW_HANDLER) for function in functions(window_redis.url)]
-    with session_worker_pool("kinesis-window-workers", window_redis.url, served, 1) as pool:
+    with serving_pool("kinesis-window-workers", window_redis.url, WINDOW_HANDLER, 1) as pool:
         yield pool
 
 
@@ -59,12 +54,8 @@ def window_workers(window_redis: RedisServer, moto_server: MotoServer) -> Iterat
 async def stack(
     window_redis: RedisServer, kinesis_endpoint: dict[str, str], window_workers: ManagedProcess, tmp_path: Path
 ) -> AsyncIterator[Stack]:
-    window_redis.flushall()
-    env = {**os.environ, **kinesis_endpoint, "HEADWATER_REDIS_URL": window_redis.url, "PYTHONPATH": str(REPO_ROOT)}
-    running = Stack(window_redis.url, tmp_path, env)
-    yield running
-    await running.close()
-    assert window_workers.running, f"the worker pool died:\n{window_workers.describe_log()}"
+    async with running_stack(emptied(window_redis), kinesis_endpoint, window_workers, tmp_path) as running:
+        yield running
 
 
 @on_moto
@@ -93,7 +84,7 @@ async def test_state_is_carried_through_a_window_and_finalized(stack: Stack, har
         check_kinesis_event(
             {"Records": event["Records"]}, [body for body in sent if body["id"] in run["ids"]], harness.arn
         )
-    await stack.wait_for(lambda: _zero(harness.unacknowledged()), what="checkpointed once the window closed")
+    await stack.wait_for(none_left(harness.unacknowledged), what="checkpointed once the window closed")
 
 
 @on_moto
@@ -136,7 +127,7 @@ async def test_a_window_is_rebuilt_after_its_poller_is_killed(stack: Stack, harn
     assert runs[-1]["event"]["state"] == {"ids": ["m1", "m2", "m3", "m4"]}, "rebuilt from {}: each record once"
     replayed = [(run["ids"], run["event"]["state"]) for run in runs if run["ids"] == ["m1", "m2"]]
     assert replayed == [(["m1", "m2"], {}), (["m1", "m2"], {})], "the window was read again from its start"
-    await stack.wait_for(lambda: _zero(harness.unacknowledged()), what="checkpointed after the final invocation")
+    await stack.wait_for(none_left(harness.unacknowledged), what="checkpointed after the final invocation")
 
 
 @on_moto
@@ -244,7 +235,3 @@ def _mapping_uuid(harness: KinesisHarness) -> str:
 
 def _iso(epoch_seconds: float) -> str:
     return datetime.fromtimestamp(epoch_seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-async def _zero(count: Any) -> bool:
-    return bool(await count == 0)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -15,9 +14,10 @@ from typing import Any
 import aioboto3
 import pytest
 
+from tests.harness import running_stack
 from tests.rig import ElasticMQServer, MotoServer, RedisServer
 from tests.rig.common import ManagedProcess
-from tests.sources.contract import REPO_ROOT, Stack, functions, session_worker_pool
+from tests.sources.contract import Stack, functions, session_worker_pool
 
 VISIBILITY_TIMEOUT_SECONDS = 2  # the recorder's Timeout: the shortest Lambda accepts for it
 WORKER_PROCESSES = 2
@@ -44,11 +44,8 @@ def source_env(aws_env: dict[str, str]) -> dict[str, str]:
 async def stack(
     redis_url: str, source_env: dict[str, str], worker_pool: ManagedProcess, tmp_path: Path
 ) -> AsyncIterator[Stack]:
-    env = {**os.environ, **source_env, "HEADWATER_REDIS_URL": redis_url, "PYTHONPATH": str(REPO_ROOT)}
-    running = Stack(redis_url, tmp_path, env)
-    yield running
-    await running.close()
-    assert worker_pool.running, f"the worker pool died:\n{worker_pool.describe_log()}"
+    async with running_stack(redis_url, source_env, worker_pool, tmp_path) as running:
+        yield running
 
 
 @dataclass(frozen=True)
