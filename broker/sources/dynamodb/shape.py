@@ -22,6 +22,7 @@ from typing import Any
 
 from broker.sources.base import Batch, Record
 from broker.sources.shards import Position
+from broker.sources.shards.batch_info import batch_range
 
 EVENT_VERSION = "1.1"
 RECORD_SEPARATOR_BYTES = 2  # ", " between records in the event's JSON
@@ -79,20 +80,7 @@ def event(batch: Batch) -> dict[str, Any]:
 def batch_info(batch: Batch, stream_arn: str) -> dict[str, Any]:
     """Lambda's `DDBStreamBatchInfo`: metadata only (a consumer re-reads the shard by sequence
     number); unlike Kinesis's, its arrival times have no milliseconds."""
-    first, last = batch.span[0], batch.span[-1]
-    handle = first.handle
-    assert isinstance(handle, Position)
-    return {
-        "DDBStreamBatchInfo": {
-            "shardId": handle.shard_id,
-            "startSequenceNumber": first.item_id,
-            "endSequenceNumber": last.item_id,
-            "approximateArrivalOfFirstRecord": _iso_seconds(first.arrived_at),
-            "approximateArrivalOfLastRecord": _iso_seconds(last.arrived_at),
-            "batchSize": len(batch),
-            "streamArn": stream_arn,
-        }
-    }
+    return {"DDBStreamBatchInfo": batch_range(batch, stream_arn, _iso_seconds)}
 
 
 def _stream_record(change: dict[str, Any], created: int) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from broker.filtering import decode_or_text
 from broker.records import iso_timestamp
 from broker.sources.base import Batch, Record
 from broker.sources.shards import Position
+from broker.sources.shards.batch_info import batch_range
 
 RECORD_OVERHEAD_BYTES = 420  # the JSON of one record beyond its data and partition key
 
@@ -67,20 +68,7 @@ def event(batch: Batch) -> dict[str, Any]:
 
 def batch_info(batch: Batch, stream_arn: str) -> dict[str, Any]:
     """Lambda's `KinesisBatchInfo`: metadata only; a consumer re-reads the shard by sequence number."""
-    first, last = batch.span[0], batch.span[-1]
-    handle = first.handle
-    assert isinstance(handle, Position)
-    return {
-        "KinesisBatchInfo": {
-            "shardId": handle.shard_id,
-            "startSequenceNumber": first.item_id,
-            "endSequenceNumber": last.item_id,
-            "approximateArrivalOfFirstRecord": iso_timestamp(first.arrived_at),
-            "approximateArrivalOfLastRecord": iso_timestamp(last.arrived_at),
-            "batchSize": len(batch),
-            "streamArn": stream_arn,
-        }
-    }
+    return {"KinesisBatchInfo": batch_range(batch, stream_arn, iso_timestamp)}
 
 
 def _filter_view(entry: dict[str, Any], data: bytes) -> dict[str, Any]:

@@ -5,7 +5,7 @@ outcome. A source subclasses `ShardedSource` with its service calls and shapes.
 One job per module: `source` (the face the generic runner sees), `service` (what a subclass
 supplies), `ownership` (the lease loop, what a balance changes, fenced checkpoints), `reader` (one
 shard's GetRecords loop), `track` (one shard's lanes, batches and how far its checkpoint may go),
-`windows` (tumbling windows)."""
+`windows` (tumbling windows), `batch_info` (the range an on-failure record names)."""
 
 from broker.sources.shards.service import Fetched, IteratorExpiredError, ThrottledError
 from broker.sources.shards.source import ShardedSource
