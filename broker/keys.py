@@ -3,6 +3,10 @@
 Function queues are rq queues (`rq:queue:headwater.<function>`), so rq's own tools can see them;
 the rest is ours. Entries in processing lists and the schedule are `<queue name>\\t<job id>`, so
 any process can put a job back where it came from without reading the job.
+
+Nothing else spells a key or a prefix, the Lua scripts included: they get fixed keys in KEYS and
+prefixes in ARGV (`queue.SCRIPT_LAYOUT`, `shard_leases`), and tests/workers/test_script_keys.py keeps
+it so. The layout itself is fixed: rq's tools and KEDA's list trigger read these very keys.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ PREFIX = "headwater"
 QUEUE_PREFIX = f"{PREFIX}."
 RQ_QUEUE_KEY_PREFIX = "rq:queue:"
 RQ_JOB_KEY_PREFIX = "rq:job:"
+RQ_QUEUES = "rq:queues"  # set: the key of every rq queue, where rq's own tools look for queues
 WAKE_PREFIX = f"{PREFIX}:wake:"  # per function queue: tokens that wake the workers serving it
 SCHEDULED = f"{PREFIX}:scheduled"  # zset: entry -> due time (retries, throttle backoff)
 WORKERS = f"{PREFIX}:workers"  # zset: worker id -> lease deadline (Redis's clock, ms)

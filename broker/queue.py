@@ -37,13 +37,14 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from redis import Redis
+from redis.client import Pipeline
 from redis.exceptions import NoScriptError
 
 from broker import job_codec, keys, queue_scripts
 from broker.connection import wait_for_replicas
 from broker.errors import StoreUnavailable
+from broker.invocation import Invocation, Result
 from broker.job_codec import UndecodableJobError, decode
-from broker.model import Invocation, Result
 from broker.queue_inspection import QueueInspection, as_text
 
 BLOCK_SLICE_SECONDS = 2.0
@@ -60,6 +61,11 @@ SCRIPT_NAMES = (
     "REQUEUE",
     "DROP",
 )
+SCRIPT_LAYOUT = (keys.RQ_QUEUE_KEY_PREFIX, keys.RQ_JOB_KEY_PREFIX, keys.WAKE_PREFIX)
+"""The first ARGV of every queue script, in the order `queue_scripts.PRELUDE` reads them: the prefixes
+of the keys the scripts build from a name, so the scripts spell no key of their own."""
+JOB_WRITE_KEYS = (keys.SCHEDULED, keys.RQ_QUEUES)
+"""The fixed keys of a script that writes jobs (ENQUEUE, COMPLETE): the schedule, rq's queue registry."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,12 +136,12 @@ class InvocationQueue(QueueInspection):
         In durable mode this returns only once `durable_replicas` replicas hold the job."""
         job_id, arguments = self._job_arguments(invocation, delay_seconds)
         if not self.durable_replicas:
-            self._run("ENQUEUE", [], arguments)
+            self._run("ENQUEUE", JOB_WRITE_KEYS, arguments)
             return job_id
         # WAIT counts only the writes of the connection that sends it: write and wait on one.
         pinned = self.redis.client()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
         try:
-            self._scripts["ENQUEUE"](keys=[], args=arguments, client=pinned)
+            self._scripts["ENQUEUE"](keys=JOB_WRITE_KEYS, args=[*SCRIPT_LAYOUT, *arguments], client=pinned)
             acknowledged = wait_for_replicas(pinned, self.durable_replicas, self.durable_wait_timeout_ms)
         finally:
             pinned.close()
@@ -158,11 +164,11 @@ class InvocationQueue(QueueInspection):
             return self.pop_reply(invocation.reply_to, timeout_seconds)
         arguments = self._job_arguments(invocation, 0.0)[1]
         pipe = self.redis.pipeline(transaction=False)
-        pipe.evalsha(self._scripts["ENQUEUE"].sha, 0, *arguments)
+        self._send(pipe, "ENQUEUE", JOB_WRITE_KEYS, arguments)
         pipe.blpop([invocation.reply_to], timeout=timeout_seconds)
         stored, popped = pipe.execute(raise_on_error=False)
         if isinstance(stored, NoScriptError):  # Redis lost its scripts (restart): nothing was written
-            self._run("ENQUEUE", [], arguments)
+            self._run("ENQUEUE", JOB_WRITE_KEYS, arguments)
             return self.pop_reply(invocation.reply_to, timeout_seconds)
         if isinstance(stored, Exception):
             raise stored
@@ -204,7 +210,7 @@ class InvocationQueue(QueueInspection):
         for attempt in range(2):
             pipe = self.redis.pipeline(transaction=False)
             for index in pending:
-                pipe.evalsha(script.sha, 0, *records[index])
+                self._send(pipe, "ENQUEUE", JOB_WRITE_KEYS, records[index])
             if self.durable_replicas:  # on the pipeline's own connection: WAIT counts only its writes
                 pipe.wait(self.durable_replicas, self.durable_wait_timeout_ms)
             replies = pipe.execute(raise_on_error=False)
@@ -273,7 +279,7 @@ class InvocationQueue(QueueInspection):
         lost its scripts) did nothing and is sent again once the script is loaded."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.blpop([keys.wake(name) for name in queue_names], timeout=wait_seconds)
-        pipe.evalsha(self._scripts["CLAIM"].sha, len(script_keys), *script_keys, *arguments)
+        self._send(pipe, "CLAIM", script_keys, arguments)
         woken, raw = pipe.execute(raise_on_error=False)
         if isinstance(raw, NoScriptError):
             return cast(list[Any], self._run("CLAIM", script_keys, arguments))
@@ -297,7 +303,8 @@ class InvocationQueue(QueueInspection):
             arguments += self._job_arguments(invocation, delay)[1]
         if reply is not None:
             arguments += ["reply", reply[0], reply[1].to_wire(), REPLY_TTL_SECONDS]
-        applied, next_starts = cast(list[int], self._run("COMPLETE", [keys.processing(worker_id)], arguments))
+        complete_keys = [keys.processing(worker_id), *JOB_WRITE_KEYS]
+        applied, next_starts = cast(list[int], self._run("COMPLETE", complete_keys, arguments))
         return Completion(bool(applied), None if int(next_starts) < 0 else int(next_starts))
 
     def quarantine(self, worker_id: str, entry: str, reason: str) -> bool:
@@ -356,8 +363,13 @@ class InvocationQueue(QueueInspection):
             f"within {self.durable_wait_timeout_ms} ms (Headwater.DurableReplicas); retry the call"
         )
 
-    def _run(self, script: str, script_keys: list[str], arguments: list[Any]) -> Any:
-        return self._scripts[script](keys=script_keys, args=arguments)
+    def _run(self, script: str, script_keys: Sequence[str], arguments: Sequence[Any]) -> Any:
+        """Run one script (loading it if Redis lost it), its arguments after the key layout."""
+        return self._scripts[script](keys=script_keys, args=[*SCRIPT_LAYOUT, *arguments])
+
+    def _send(self, pipe: Pipeline, script: str, script_keys: Sequence[str], arguments: Sequence[Any]) -> None:
+        """Queue one script on a pipeline by its hash, as `_run` would run it; the caller answers NOSCRIPT."""
+        pipe.evalsha(self._scripts[script].sha, len(script_keys), *script_keys, *SCRIPT_LAYOUT, *arguments)
 
     def _job_arguments(self, invocation: Invocation, delay_seconds: float) -> tuple[str, list[Any]]:
         """A job as the scripts' 'job' record: queue, id, delay, field count, fields (see `job_codec`)."""

@@ -8,19 +8,29 @@ when a lease lapsed.
 Processing entries are `<queue>\\t<job id>\\t<claim token>`. The token makes each claim unique: a
 worker whose jobs were handed back (its lease lapsed) can no longer acknowledge, complete or
 quarantine them, even if it later claims the same job again, because its old entry is gone.
+
+No script spells a key, so `broker.keys` stays the one place the layout is written: fixed keys come
+in KEYS, and every script's ARGV begins with the same key layout (`queue.SCRIPT_LAYOUT`: the
+prefixes of the keys built from a name, rq's queues and jobs and the wake lists). The prelude sets
+the script's own arguments, which follow, aside as `args`; "ARGV:" in the comments below lists those.
 """
 
 from __future__ import annotations
 
 # Shared Lua helpers: entry parsing, waking a queue's workers, Redis's clock and the outage grace.
 PRELUDE = """#!lua
+-- ARGV starts with the key layout (`queue.SCRIPT_LAYOUT`, built from broker/keys.py): the prefixes
+-- of rq's queue and job keys and of the wake lists. A script's own arguments follow, in `args`.
+local QUEUE_PREFIX, JOB_PREFIX, WAKE_PREFIX = ARGV[1], ARGV[2], ARGV[3]
+local args = {}
+for i = 4, #ARGV do args[i - 3] = ARGV[i] end
 local function split(entry)
   local queue, id = string.match(entry, '^([^\\t]*)\\t([^\\t]*)')
   return queue, id
 end
 local function wake(queue)
-  redis.call('LPUSH', 'headwater:wake:' .. queue, '1')
-  redis.call('LTRIM', 'headwater:wake:' .. queue, 0, 63)
+  redis.call('LPUSH', WAKE_PREFIX .. queue, '1')
+  redis.call('LTRIM', WAKE_PREFIX .. queue, 0, 63)
 end
 local function now_ms()
   local t = redis.call('TIME')
@@ -46,38 +56,39 @@ local function hand_back(processing)
   for i = #entries, 1, -1 do
     local queue, id = split(entries[i])
     if queue and id then
-      redis.call('LPUSH', 'rq:queue:' .. queue, id)
+      redis.call('LPUSH', QUEUE_PREFIX .. queue, id)
       wake(queue)
     end
   end
   redis.call('DEL', processing)
   return #entries
 end
--- A job written from ARGV starting at i: queue, job id, delay (seconds on Redis's clock, '' = none),
--- n, n field/value pairs. Returns the index after it.
-local function write_job(i)
-  local queue, id, delay, n = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
-  local key = 'rq:job:' .. id
+-- A job written from args starting at i: queue, job id, delay (seconds on Redis's clock, '' = none),
+-- n, n field/value pairs; a delayed one goes to the schedule, the others to rq's registry of queues
+-- and their queue. Returns the index after it.
+local function write_job(i, schedule, registry)
+  local queue, id, delay, n = args[i], args[i + 1], args[i + 2], tonumber(args[i + 3])
+  local key = JOB_PREFIX .. id
   for f = 0, n - 1 do
-    redis.call('HSET', key, ARGV[i + 4 + 2 * f], ARGV[i + 5 + 2 * f])
+    redis.call('HSET', key, args[i + 4 + 2 * f], args[i + 5 + 2 * f])
   end
   if delay == '' then
-    redis.call('SADD', 'rq:queues', 'rq:queue:' .. queue)
-    redis.call('RPUSH', 'rq:queue:' .. queue, id)
+    redis.call('SADD', registry, QUEUE_PREFIX .. queue)
+    redis.call('RPUSH', QUEUE_PREFIX .. queue, id)
     wake(queue)
   else
-    redis.call('ZADD', 'headwater:scheduled', now_ms() / 1000 + tonumber(delay), queue .. '\\t' .. id)
+    redis.call('ZADD', schedule, now_ms() / 1000 + tonumber(delay), queue .. '\\t' .. id)
   end
   return i + 4 + 2 * n
 end
--- Followups from ARGV starting at i: 'job' records (see write_job) and 'reply' records (key, value, ttl).
-local function write_followups(i)
-  while i <= #ARGV do
-    if ARGV[i] == 'job' then
-      i = write_job(i + 1)
+-- Followups from args starting at i: 'job' records (see write_job) and 'reply' records (key, value, ttl).
+local function write_followups(i, schedule, registry)
+  while i <= #args do
+    if args[i] == 'job' then
+      i = write_job(i + 1, schedule, registry)
     else
-      redis.call('RPUSH', ARGV[i + 1], ARGV[i + 2])
-      redis.call('EXPIRE', ARGV[i + 1], tonumber(ARGV[i + 3]))
+      redis.call('RPUSH', args[i + 1], args[i + 2])
+      redis.call('EXPIRE', args[i + 1], tonumber(args[i + 3]))
       i = i + 4
     end
   end
@@ -85,7 +96,7 @@ end
 -- Marks the entry's job started once per claim (idempotent for a retried commit); returns the count.
 local function mark_started(entry)
   local _, id = split(entry)
-  local key = 'rq:job:' .. id
+  local key = JOB_PREFIX .. id
   local seen = redis.call('HMGET', key, 'headwater_start_token', 'headwater_starts')
   if seen[1] == entry then return tonumber(seen[2] or '1') end
   local starts = tonumber(seen[2] or '0') + 1
@@ -94,11 +105,12 @@ local function mark_started(entry)
 end
 """
 
-# ARGV: followups only ('job' records). Used by producers: one atomic write per invocation.
+# KEYS[1] schedule, KEYS[2] rq's queue registry. ARGV: followups only ('job' records). Used by
+# producers: one atomic write per invocation.
 ENQUEUE = (
     PRELUDE
     + """
-write_followups(1)
+write_followups(1, KEYS[1], KEYS[2])
 return 1
 """
 )
@@ -112,18 +124,18 @@ return 1
 CLAIM = (
     PRELUDE
     + """
-local worker, max, start, token = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local worker, max, start, token = args[1], tonumber(args[2]), tonumber(args[3]), args[4]
 local now = now_ms()
 local lease = redis.call('ZSCORE', KEYS[2], worker)
 if not lease or tonumber(lease) < now then return {-1, ''} end
-local n = #ARGV - 4
+local n = #args - 4
 local out, empty, i, missing, entries = {0, ''}, 0, 0, {}, {}
 while #out < 2 + 3 * max and empty < n do
-  local queue = ARGV[5 + ((start + i) % n)]
-  local id = redis.call('LPOP', 'rq:queue:' .. queue)
+  local queue = args[5 + ((start + i) % n)]
+  local id = redis.call('LPOP', QUEUE_PREFIX .. queue)
   if id then
     empty = 0
-    local data = redis.call('HGET', 'rq:job:' .. id, 'data')
+    local data = redis.call('HGET', JOB_PREFIX .. id, 'data')
     if not data then
       local why = 'the job has no data (its hash is missing)'
       redis.call('HSET', KEYS[3], id, cjson.encode({queue = queue, reason = why, at = now / 1000}))
@@ -148,60 +160,60 @@ return out
 """
 )
 
-# KEYS[1] processing list. ARGV[1] finished entry, ARGV[2] next entry to mark started (or ''),
-# then followups. Returns {applied, next_starts}: applied 0 means the claim was no longer ours
-# (handed back, or this very commit was already applied): nothing is written. next_starts is -1
-# when the next entry is no longer held either.
+# KEYS[1] processing list, KEYS[2] schedule, KEYS[3] rq's queue registry. ARGV: finished entry, next
+# entry to mark started (or ''), then followups. Returns {applied, next_starts}: applied 0 means the
+# claim was no longer ours (handed back, or this very commit was already applied): nothing is
+# written. next_starts is -1 when the next entry is no longer held either.
 COMPLETE = (
     PRELUDE
     + """
 local applied = 0
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+if redis.call('LREM', KEYS[1], 1, args[1]) == 1 then
   applied = 1
-  local _, id = split(ARGV[1])
-  redis.call('DEL', 'rq:job:' .. id)
-  write_followups(3)
+  local _, id = split(args[1])
+  redis.call('DEL', JOB_PREFIX .. id)
+  write_followups(3, KEYS[2], KEYS[3])
 end
 local next_starts = 0
-if ARGV[2] ~= '' then
-  if redis.call('LPOS', KEYS[1], ARGV[2]) then next_starts = mark_started(ARGV[2]) else next_starts = -1 end
+if args[2] ~= '' then
+  if redis.call('LPOS', KEYS[1], args[2]) then next_starts = mark_started(args[2]) else next_starts = -1 end
 end
 return {applied, next_starts}
 """
 )
 
-# KEYS[1] processing list, KEYS[2] quarantine hash. ARGV[1] entry, ARGV[2] reason (JSON).
+# KEYS[1] processing list, KEYS[2] quarantine hash. ARGV: entry, reason (JSON).
 # Moves a held job that cannot be decoded aside, keeping its hash for a later requeue.
 QUARANTINE = (
     PRELUDE
     + """
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-local _, id = split(ARGV[1])
-redis.call('HSET', KEYS[2], id, ARGV[2])
+if redis.call('LREM', KEYS[1], 1, args[1]) == 0 then return 0 end
+local _, id = split(args[1])
+redis.call('HSET', KEYS[2], id, args[2])
 return 1
 """
 )
 
-# KEYS[1] quarantine hash. ARGV[1] job id. Puts a quarantined job back at the back of its queue.
+# KEYS[1] quarantine hash. ARGV: job id. Puts a quarantined job back at the back of its queue.
 REQUEUE = (
     PRELUDE
     + """
-local reason = redis.call('HGET', KEYS[1], ARGV[1])
+local reason = redis.call('HGET', KEYS[1], args[1])
 if not reason then return 0 end
 local queue = cjson.decode(reason)['queue']
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('RPUSH', 'rq:queue:' .. queue, ARGV[1])
+redis.call('HDEL', KEYS[1], args[1])
+redis.call('RPUSH', QUEUE_PREFIX .. queue, args[1])
 wake(queue)
 return 1
 """
 )
 
-# KEYS[1] quarantine hash. ARGV[1] job id. Forgets a quarantined job and its hash.
+# KEYS[1] quarantine hash. ARGV: job id. Forgets a quarantined job and its hash.
 DROP = (
     PRELUDE
     + """
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('DEL', 'rq:job:' .. ARGV[1])
+if redis.call('HDEL', KEYS[1], args[1]) == 0 then return 0 end
+redis.call('DEL', JOB_PREFIX .. args[1])
 return 1
 """
 )
@@ -214,12 +226,12 @@ HEARTBEAT = (
     PRELUDE
     + """
 local now = now_ms()
-local ttl = tonumber(ARGV[2])
-local granted = observe_clock(KEYS[1], KEYS[2], now, tonumber(ARGV[3]), ttl)
+local ttl = tonumber(args[2])
+local granted = observe_clock(KEYS[1], KEYS[2], now, tonumber(args[3]), ttl)
 local renewed = 1
-if redis.call('ZADD', KEYS[1], now + ttl, ARGV[1]) == 1 then
+if redis.call('ZADD', KEYS[1], now + ttl, args[1]) == 1 then
   renewed = 0
-  redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+  redis.call('HSET', KEYS[3], args[1], args[4])
 end
 return {renewed, granted}
 """
@@ -233,13 +245,13 @@ RECOVER = (
     PRELUDE
     + """
 local now = now_ms()
-if observe_clock(KEYS[1], KEYS[2], now, tonumber(ARGV[2]), tonumber(ARGV[3])) > 0 then return 0 end
+if observe_clock(KEYS[1], KEYS[2], now, tonumber(args[2]), tonumber(args[3])) > 0 then return 0 end
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - 1, 'LIMIT', 0, 100)
 local recovered = 0
 for _, worker in ipairs(dead) do
   redis.call('ZREM', KEYS[1], worker)
   redis.call('HDEL', KEYS[3], worker)
-  recovered = recovered + hand_back(ARGV[1] .. worker)
+  recovered = recovered + hand_back(args[1] .. worker)
 end
 return recovered
 """
@@ -262,7 +274,7 @@ for _, entry in ipairs(due) do
   local queue, id = split(entry)
   redis.call('ZREM', KEYS[1], entry)
   if queue and id then
-    redis.call('RPUSH', 'rq:queue:' .. queue, id)
+    redis.call('RPUSH', QUEUE_PREFIX .. queue, id)
     wake(queue)
   end
 end

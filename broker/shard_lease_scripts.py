@@ -6,15 +6,16 @@ number whose batch reached its final outcome), `ended` ("1" once the checkpoint 
 `parents` (space-separated shard ids), `start` ("position": the mapping's StartingPosition applies;
 "trim_horizon": the shard appeared while the mapping ran, so it is read from its first record),
 `wanted`/`wanted_at` (a replica below its fair share asked for it, and when) and `age_ms`/`age_at`
-(its owner's last iterator age). The scripts build shard keys from a prefix passed in ARGV, as the
-queue's scripts build queue keys: Headwater runs on one Redis (or a Sentinel group), not a Cluster.
+(its owner's last iterator age). As in `queue_scripts`, no script spells a key: fixed keys come in
+KEYS, and shard keys are built from a prefix passed in ARGV (`keys.shard_lease_prefix`), which is
+why they need not be declared: Headwater runs on one Redis (or a Sentinel group), not a Cluster.
 
 Time is Redis's own (`TIME`), as in `queue_scripts`: replicas whose clocks drift agree on when a
 lease lapsed. An outage grace applies as there, but only when Redis itself was away: when nobody
 balanced a mapping's leases for longer than the outage limit (its shard clock is stale), the gap
 is Redis's only if Redis restarted meanwhile (its `run_id`, kept beside the shard clock, changed)
-or if nobody renewed any lease at all (`headwater:clock`, which every worker's heartbeat advances,
-is stale too). Then every lease gets a fresh period before anyone may take it for a dead owner's,
+or if nobody renewed any lease at all (`keys.CLOCK`, which every worker's heartbeat advances, is
+stale too). Then every lease gets a fresh period before anyone may take it for a dead owner's,
 so a Redis restart does not shuffle every shard. A gap with Redis there means the mapping's
 replicas were away (a lone replica killed and restarted): their leases lapse on time, and the next
 replica takes them within one lease period of the last renewal. What this cannot see: Redis frozen
