@@ -46,7 +46,7 @@ from botocore.credentials import Credentials
 from broker.client import Client
 from broker.config import load_config
 from broker.embedded_redis import EmbeddedRedis
-from broker.model import InvocationType
+from broker.invocation import InvocationType
 
 KEY_ID, SECRET, REGION = "AKIDBENCHMARK0001", "bench/secret+key", "us-east-1"
 CONFIG = "Functions:\n  - FunctionName: noop\n    Handler: examples.handlers.noop\n"

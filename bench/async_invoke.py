@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from broker.client import Client
 from broker.config import parse_config
 from broker.embedded_redis import EmbeddedRedis
-from broker.model import InvocationType
+from broker.invocation import InvocationType
 
 POLL_SECONDS = 0.002
 

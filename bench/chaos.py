@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from broker.client import Client
 from broker.config import load_config
 from broker.errors import HeadwaterError
-from broker.model import InvocationType
+from broker.invocation import InvocationType
 from tests.faults.conftest import Runs
 from tests.rig import ElasticMQServer, RedisServer, aws_env
 from tests.rig.common import ManagedProcess

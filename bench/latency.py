@@ -90,7 +90,7 @@ def main() -> None:
     from broker.client import Client
     from broker.config import load_config
     from broker.embedded_redis import EmbeddedRedis
-    from broker.model import InvocationType
+    from broker.invocation import InvocationType
 
     directory = Path(tempfile.mkdtemp(prefix="headwater-latency-"))
     (directory / "headwater.yaml").write_text(CONFIG)

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from broker.model import Result, Status
+from broker.invocation import Result, Status
 from broker.sources.base import Batch
 
 

@@ -11,11 +11,11 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from broker import connection, keys, metrics, payload, records
+from broker import connection, invocation_records, keys, metrics, payload
 from broker.config import Config, Function
 from broker.connection import StoreError
 from broker.errors import FunctionNotFound, HeadwaterError, InvocationTimedOut, StoreUnavailable, TooManyRequests
-from broker.model import Invocation, InvocationType, Status
+from broker.invocation import Invocation, InvocationType, Status
 from broker.queue import InvocationQueue
 
 if TYPE_CHECKING:
@@ -61,14 +61,14 @@ class Client:
         client_context: str | None = None,
         timeout_seconds: float | None = None,
     ) -> InvokeResponse:
-        kind = InvocationType(invocation_type)
+        invocation_type = InvocationType(invocation_type)
         function = self._function(function_name)
-        text = payload.check(payload.to_text(event), kind)
+        text = payload.check(payload.to_text(event), invocation_type)
         payload.check_client_context(client_context)
-        if kind is InvocationType.DRY_RUN:
+        if invocation_type is InvocationType.DRY_RUN:
             return InvokeResponse(204, "")
-        if kind is InvocationType.EVENT:
-            invocation = Invocation(function_name, text, kind, trigger="async")
+        if invocation_type is InvocationType.EVENT:
+            invocation = Invocation(function_name, text, invocation_type, trigger="async")
             self._enqueue(invocation)
             return InvokeResponse(202, invocation.request_id)
         return self._call(function, text, client_context, timeout_seconds)
@@ -124,6 +124,6 @@ class Client:
         function = self.config.function(name)
         if function is None:
             settings = self.config.headwater
-            arn = records.function_arn(settings.region, settings.account_id, name)
+            arn = invocation_records.function_arn(settings.region, settings.account_id, name)
             raise FunctionNotFound(f"Function not found: {arn}")
         return function

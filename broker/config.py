@@ -76,7 +76,7 @@ class Function(Model):
         return module.replace("/", "."), attribute
 
 
-class Settings(Model):
+class HeadwaterOptions(Model):
     """Headwater's own knobs; Lambda has no name for them. Delays are short-able for tests.
 
     `SandboxEnvironmentPassThrough` names the worker's environment variables that every handler
@@ -109,7 +109,7 @@ class Settings(Model):
 class Config(Model):
     functions: list[Function] = Field(default_factory=list)
     event_source_mappings: list[EventSourceMapping] = Field(default_factory=list)
-    headwater: Settings = Settings()
+    headwater: HeadwaterOptions = HeadwaterOptions()
 
     @model_validator(mode="after")
     def _cross_references(self) -> Config:

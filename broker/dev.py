@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from broker.client import Client
 from broker.config import Config, load_config
 from broker.embedded_redis import EmbeddedRedis
-from broker.model import InvocationType
+from broker.invocation import InvocationType
 
 if TYPE_CHECKING:
     from redis import Redis

@@ -1,6 +1,6 @@
 """Every error Headwater raises on purpose, in one tree.
 
-    HeadwaterError                     retryable: may the same call succeed later?
+    HeadwaterError                     may the same call succeed later?
     ├── ConfigError                    no   the configuration file or model is invalid
     ├── InvokeError                         an Invoke request was refused (Lambda's 4xx family)
     │   ├── FunctionNotFound           no   ResourceNotFoundException (404)
@@ -22,11 +22,10 @@ from __future__ import annotations
 
 
 class HeadwaterError(Exception):
-    """Base of every deliberate error; `retryable` tells a caller whether to try again."""
+    """Base of every deliberate error; the tree above says which ones retrying can help."""
 
     code = "ServiceException"
     status = 500
-    retryable = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -73,7 +72,6 @@ class InvalidParameterValue(InvokeError):
 class TooManyRequests(InvokeError):
     code = "TooManyRequestsException"
     status = 429
-    retryable = True
 
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
@@ -85,7 +83,6 @@ class InvocationTimedOut(HeadwaterError):
 
     code = "InvocationTimedOut"
     status = 504
-    retryable = True
 
 
 class StoreUnavailable(HeadwaterError):
@@ -93,14 +90,12 @@ class StoreUnavailable(HeadwaterError):
 
     code = "ServiceUnavailableException"
     status = 503
-    retryable = True
 
 
 class DestinationError(HeadwaterError):
     """A record could not be written to its destination; the event is kept and retried."""
 
     code = "DestinationDeliveryFailure"
-    retryable = True
 
 
 class SourceError(HeadwaterError):
@@ -111,7 +106,6 @@ class SourceError(HeadwaterError):
 
     code = "EventSourceError"
     status = 502
-    retryable = True
 
 
 class BatchLostError(SourceError):

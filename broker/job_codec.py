@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from broker.model import Invocation
+from broker.invocation import Invocation
 
 JOB_HANDLER = "workers.invoke.run"  # the callable recorded in each job, for rq's tools; never imported
 COMPRESS_ABOVE_BYTES = 16_384

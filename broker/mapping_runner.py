@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from broker import metrics
 from broker.backoff import RESTART_INITIAL_SECONDS, RESTART_MAX_SECONDS, Backoff
-from broker.config import Function, Settings
+from broker.config import Function, HeadwaterOptions
 from broker.destinations.base import DeliveryContext
 from broker.destinations.dispatcher import Dispatcher
 from broker.errors import ConfigError, SourceError
@@ -39,7 +39,7 @@ log = get_logger(__name__)
 class Services:
     """What every mapping of the process shares."""
 
-    settings: Settings
+    options: HeadwaterOptions
     sender: Sender
     states: MappingStates
     redis: redis_async.Redis
@@ -123,7 +123,7 @@ class MappingRunner:
                 source,
                 sender=self._services.sender,
                 send=dispatcher.send,
-                settings=self._services.settings,
+                options=self._services.options,
                 report=self._report,
             )
             if self._stopping.is_set():
@@ -153,12 +153,12 @@ class MappingRunner:
         await self._services.states.processing_result(self.mapping, result)
 
     def _source_context(self) -> SourceContext:
-        settings = self._services.settings
+        options = self._services.options
         return SourceContext(
             aws_session=self._services.aws_session,
-            region=settings.region,
+            region=options.region,
             function_timeout_seconds=self.function.timeout,
-            account_id=settings.account_id,
+            account_id=options.account_id,
             extras={"redis": self._services.redis},  # where sharded sources keep their shard leases
             lingering=self._services.lingering,
         )

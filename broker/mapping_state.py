@@ -19,9 +19,9 @@ from redis import asyncio as redis_async
 
 from broker import keys, shard_leases
 from broker.config import Config, load_config
+from broker.invocation_records import function_arn
 from broker.mapping import EventSourceMapping
 from broker.mapping_store import MappingStore, combined
-from broker.records import function_arn
 from broker.settings import get_settings
 from broker.sources import runtime_for  # imports the source's running side on first use
 from broker.sources.base import SOURCE_SPECIFIC_FIELDS, kind_of

@@ -246,10 +246,10 @@ def declare_build() -> None:
         STORE_ERRORS.labels(error)
 
 
-def declare_mapping(uuid: str, function: str, source_type: str, source: str) -> None:
+def declare_mapping(uuid: str, function: str, source_kind: str, source: str) -> None:
     """A mapping this process runs: its info series, and its crash counter at zero for `increase()`."""
-    MAPPING_INFO.labels(uuid, function, source_type, source).set(1)
-    POLLER_CRASHES.labels(uuid, source_type)
+    MAPPING_INFO.labels(uuid, function, source_kind, source).set(1)
+    POLLER_CRASHES.labels(uuid, source_kind)
 
 
 def forget_mapping(uuid: str, *, keep_info: bool = False) -> None:
@@ -338,12 +338,12 @@ STREAM_REDELIVERIES = Counter(
 )
 
 
-def declare_shards(uuid: str, source_type: str) -> Gauge:
+def declare_shards(uuid: str, source_kind: str) -> Gauge:
     """A sharded stream mapping this replica reads: its lease, fence and redelivery counters at zero, so
     `increase()` and the dashboard see the first steal or retry; returns its leases-held gauge."""
     for how in LEASE_TAKE_HOWS:
-        LEASE_TAKES.labels(uuid, source_type, how)
-    LEASES_FENCED.labels(uuid, source_type)
+        LEASE_TAKES.labels(uuid, source_kind, how)
+    LEASES_FENCED.labels(uuid, source_kind)
     for kind in ("retry", "bisect"):
-        STREAM_REDELIVERIES.labels(uuid, source_type, kind)
-    return POLLER_LEASES.labels(uuid, source_type)
+        STREAM_REDELIVERIES.labels(uuid, source_kind, kind)
+    return POLLER_LEASES.labels(uuid, source_kind)

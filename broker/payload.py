@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.errors import InvalidRequestContent, RequestTooLarge
-from broker.model import InvocationType
+from broker.invocation import InvocationType
 
 EVENT_LIMIT_BYTES = 1_048_576
 REQUEST_RESPONSE_LIMIT_BYTES = 6_291_456

@@ -45,14 +45,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from broker import batch_response, metrics, stream_retry
-from broker.config import Function, Settings
+from broker.config import Function, HeadwaterOptions
 from broker.destinations.base import Message
 from broker.errors import BatchLostError, InvalidRequestContent, SourceError
 from broker.filtering import FilterCriteria
+from broker.invocation import Result, Status
 from broker.logs import get_logger
 from broker.mapping import EventSourceMapping
 from broker.mapping_state import ProcessingResult
-from broker.model import Result, Status
 from broker.scaling import Scaler
 from broker.sender import Sender, encode_event
 from broker.sources.base import Batch, Source
@@ -76,7 +76,7 @@ class Poller:
         *,
         sender: Sender,
         send: SendOnFailure,
-        settings: Settings,
+        options: HeadwaterOptions,
         report: ReportResult,
     ) -> None:
         self.mapping = mapping
@@ -86,7 +86,7 @@ class Poller:
         self._send = send
         self._report = report
         self._filters = FilterCriteria([f.pattern for f in mapping.filter_criteria.filters])
-        self._scaler = Scaler(settings.throttle_backoff_initial_seconds, settings.throttle_backoff_max_seconds)
+        self._scaler = Scaler(options.throttle_backoff_initial_seconds, options.throttle_backoff_max_seconds)
         self._stopping = asyncio.Event()
         self._loops: dict[int, asyncio.Task[None]] = {}
         self._in_flight: list[Batch] = []

@@ -9,7 +9,7 @@ failures: Lambda does not scale down then) and on a throttle. The ceiling is the
 (`Source.desired_concurrency`, e.g. SQS's ScalingConfig.MaximumConcurrency) and the function's
 ReservedConcurrentExecutions, both applied by the poller.
 
-A throttle also pauses the mapping with exponential backoff (Settings.ThrottleBackoff*), so a
+A throttle also pauses the mapping with exponential backoff (the config file's `Headwater: ThrottleBackoff*`), so a
 throttled function is not answered by a storm of receives.
 """
 

@@ -34,8 +34,8 @@ from broker import keys, metrics
 from broker.backoff import Backoff
 from broker.connection import StoreError, connect, connect_async
 from broker.errors import BatchLostError, InvalidRequestContent, StoreUnavailable
+from broker.invocation import Invocation, InvocationType, Result
 from broker.logs import get_logger
-from broker.model import Invocation, InvocationType, Result
 from broker.queue import BLOCK_SLICE_SECONDS, InvocationQueue
 
 STORE_RETRY_SECONDS = (0.1, 5.0)  # first and longest pause while Redis is away

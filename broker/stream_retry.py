@@ -46,14 +46,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from broker import backoff, metrics, records
+from broker import backoff, invocation_records, metrics
 from broker.batch_response import failed_items
 from broker.destinations import kind_for
 from broker.destinations.base import Message
 from broker.errors import BatchLostError, DestinationError, InvalidRequestContent
+from broker.invocation import Result, Status, new_request_id
 from broker.logs import get_logger
 from broker.mapping import EventSourceMapping
-from broker.model import Result, Status, new_request_id
 from broker.sources.base import Batch, Source
 
 RETRY_DELAY_SECONDS = (0.1, 5.0)  # first and largest pause between retries of a failing batch
@@ -161,7 +161,7 @@ class _Delivery:
             return None
         attempts.retries += 1
         log.info("batch failed; retrying", mapping=self.mapping.uuid, lane=pending.lane, retry=attempts.retries)
-        await asyncio.sleep(_backoff(RETRY_DELAY_SECONDS, attempts.retries - 1))
+        await asyncio.sleep(backoff.delay(attempts.retries - 1, *RETRY_DELAY_SECONDS))
         return pending
 
     async def _bisect(self, batch: Batch, attempts: _Attempts) -> None:
@@ -185,7 +185,7 @@ class _Delivery:
                     return result
             if not self.source.owns(batch) or self._expired(batch):
                 return None
-            await asyncio.sleep(_backoff(THROTTLE_DELAY_SECONDS, waited))
+            await asyncio.sleep(backoff.delay(waited, *THROTTLE_DELAY_SECONDS))
             waited += 1
 
     # -- record age ---------------------------------------------------------------------------------
@@ -238,10 +238,10 @@ class _Delivery:
                 await self._on_failure(message)
             except DestinationError as error:
                 metrics.DESTINATION_FAILURES.labels(
-                    self.mapping.function_name, "on_failure", kind_for(target).kind
+                    self.mapping.function_name, "on_failure", kind_for(target).name
                 ).inc()
                 log.warning("on-failure destination write failed; retrying", target=target, error=error.message)
-                await asyncio.sleep(_backoff(DESTINATION_DELAY_SECONDS, failures))
+                await asyncio.sleep(backoff.delay(failures, *DESTINATION_DELAY_SECONDS))
                 failures += 1
             else:
                 return True
@@ -272,7 +272,7 @@ class _Delivery:
         opening: dict[str, Any] = {
             "requestContext": {
                 "requestId": last.request_id if last else new_request_id(),
-                "functionArn": records.function_arn(
+                "functionArn": invocation_records.function_arn(
                     settings.region, settings.account_id, self.mapping.function_name, None
                 ),
                 "condition": condition,
@@ -285,7 +285,7 @@ class _Delivery:
                 context["functionError"] = last.function_error
             opening["responseContext"] = context
         opening["version"] = "1.0"
-        opening["timestamp"] = records.iso_timestamp(time.time())
+        opening["timestamp"] = invocation_records.iso_timestamp(time.time())
         return opening
 
     def _count(self, stage: str, events: int) -> None:
@@ -306,7 +306,3 @@ def _from_first_failure(batch: Batch, failed: frozenset[str]) -> Batch:
     that names no record (a batch of none) retries the whole batch."""
     first = next((index for index, record in enumerate(batch.records) if record.item_id in failed), 0)
     return batch.with_records(batch.records[first:])
-
-
-def _backoff(bounds: tuple[float, float], step: int) -> float:
-    return backoff.delay(step, *bounds)

@@ -22,8 +22,8 @@ from broker import backoff, metrics
 from broker.concurrency import ConcurrencyLimiter
 from broker.config import Config, Function
 from broker.function_overrides import OverridesView
+from broker.invocation import Condition, Invocation, InvocationType, Outcome, Result, Status
 from broker.logs import bind_invocation, get_logger
-from broker.model import Condition, Invocation, InvocationType, Outcome, Result, Status
 from broker.queue import Claim
 from workers.outcomes import DROP_REASONS, OutcomeRouter
 from workers.runtime import Runtime
@@ -52,7 +52,7 @@ class Invoker:
         overrides: OverridesView | None = None,
     ) -> None:
         self.config = config
-        self.settings = config.headwater
+        self.options = config.headwater
         self._limiter = limiter
         self._runtime = runtime
         self._router = router
@@ -101,7 +101,7 @@ class Invoker:
                 return self._decide(function, ran, Condition.SUCCESS)
             return Followup()
         if ran.invoke_count <= policy.maximum_retry_attempts:
-            delay = self.settings.async_retry_delays_seconds[min(ran.invoke_count, 2) - 1]
+            delay = self.options.async_retry_delays_seconds[min(ran.invoke_count, 2) - 1]
             log.info("function error; retry scheduled", attempt=ran.invoke_count, retry_in_seconds=delay)
             return Followup(enqueue=[(ran, delay)])
         return self._decide(function, ran, Condition.RETRIES_EXHAUSTED)
@@ -135,11 +135,11 @@ class Invoker:
         pending = self._router.route(function, invocation)
         if pending is None:
             return Followup()
-        delay = self._router.retry_in_seconds(pending, self.settings.destination_retry_max_seconds)
+        delay = self._router.retry_in_seconds(pending, self.options.destination_retry_max_seconds)
         return Followup(enqueue=[(pending, delay)])
 
     def _throttle_delay(self, throttles: int) -> float:
-        initial, maximum = self.settings.throttle_backoff_initial_seconds, self.settings.throttle_backoff_max_seconds
+        initial, maximum = self.options.throttle_backoff_initial_seconds, self.options.throttle_backoff_max_seconds
         return backoff.delay(throttles, initial, maximum)
 
     # -- synchronous calls and event source batches -----------------------------------------------
@@ -177,8 +177,8 @@ class Invoker:
         metrics.INVOCATIONS.labels(name, invocation.trigger).inc()
         metrics.DURATION.labels(name).observe(result.duration_seconds)
         if result.status is Status.FUNCTION_ERROR:
-            kind = "timeout" if result.error_type == "Sandbox.Timedout" else "unhandled"
-            metrics.ERRORS.labels(name, invocation.trigger, kind).inc()
+            error_type = "timeout" if result.error_type == "Sandbox.Timedout" else "unhandled"
+            metrics.ERRORS.labels(name, invocation.trigger, error_type).inc()
         return result
 
 

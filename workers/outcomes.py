@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from broker import backoff, metrics, records
+from broker import backoff, invocation_records, metrics
 from broker.config import Function
 from broker.destinations import kind_for
 from broker.destinations.base import Message
 from broker.errors import DestinationError
+from broker.invocation import Condition, Invocation
 from broker.logs import get_logger
-from broker.model import Condition, Invocation
 
 log = get_logger(__name__)
 DROP_REASONS = {
@@ -68,7 +68,7 @@ class OutcomeRouter:
         outcome = invocation.outcome
         assert outcome is not None
         destinations = function.event_invoke_config.destination_config
-        record = records.invocation_record(invocation, outcome, self._function_arn(function.function_name))
+        record = invocation_records.invocation_record(invocation, outcome, self._function_arn(function.function_name))
         body = Message(body=json.dumps(record))
         if outcome.condition is Condition.SUCCESS:
             target = destinations.on_success.destination
@@ -79,7 +79,7 @@ class OutcomeRouter:
                 (
                     "dead_letter",
                     function.dead_letter_config.target_arn,
-                    records.dead_letter_message(invocation, outcome),
+                    invocation_records.dead_letter_message(invocation, outcome),
                 )
             )
         if destinations.on_failure.destination:
@@ -88,7 +88,7 @@ class OutcomeRouter:
 
     @staticmethod
     def _count_failure(function_name: str, role: str, target: str) -> None:
-        kind = kind_for(target).kind
+        kind = kind_for(target).name
         if role == "dead_letter":
             metrics.DEAD_LETTER_ERRORS.labels(function_name, kind).inc()
         else:

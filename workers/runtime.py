@@ -33,8 +33,8 @@ from multiprocessing.process import BaseProcess
 
 from broker import metrics
 from broker.config import Function
+from broker.invocation import Invocation, Result, Status
 from broker.logs import get_logger
-from broker.model import Invocation, Result, Status
 from workers import sandbox
 
 POLL_SLICE_SECONDS = 0.25

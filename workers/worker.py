@@ -24,15 +24,15 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TypeVar
 
-from broker import connection, keys, metrics, records
+from broker import connection, invocation_records, keys, metrics
 from broker.backoff import Backoff
 from broker.concurrency import ConcurrencyLimiter
 from broker.config import Config
 from broker.connection import StoreError
 from broker.errors import StoreUnavailable
 from broker.function_overrides import FunctionOverrides, OverridesView
+from broker.invocation import InvocationType
 from broker.logs import get_logger
-from broker.model import InvocationType
 from broker.queue import Claim, InvocationQueue
 from workers.delivery import Deliveries
 from workers.invoke import Followup, Invoker
@@ -73,7 +73,7 @@ class Worker:
         self._deliveries = Deliveries(redis_url, self.queue)
 
         def arn(name: str) -> str:
-            return records.function_arn(settings.region, settings.account_id, name)
+            return invocation_records.function_arn(settings.region, settings.account_id, name)
 
         self._runtime = Runtime(arn, uuid.uuid4().hex, settings.sandbox_environment_pass_through)
         router = OutcomeRouter(self._deliveries.send, arn)

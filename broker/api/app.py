@@ -25,8 +25,8 @@ from broker.api.errors import ApiError
 from broker.api.metrics import API_REQUEST_DURATION, API_REQUESTS
 from broker.api.operation import ApiState, Call, Operation
 from broker.errors import HeadwaterError
+from broker.invocation import new_request_id
 from broker.logs import get_logger
-from broker.model import new_request_id
 from broker.payload import REQUEST_RESPONSE_LIMIT_BYTES
 
 Scope = MutableMapping[str, Any]

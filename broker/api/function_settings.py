@@ -17,7 +17,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse, Response
 
-from broker import destinations, records
+from broker import destinations, invocation_records
 from broker.api import errors, inputs, names, stores
 from broker.api.operation import Call, Operation
 from broker.config import EventInvokeConfig, Function
@@ -178,7 +178,7 @@ def _destination(target: str | None) -> dict[str, str]:
 
 def _arn(call: Call, function: Function) -> str:
     settings = call.state.config.headwater
-    return records.function_arn(settings.region, settings.account_id, function.function_name, names.LATEST)
+    return invocation_records.function_arn(settings.region, settings.account_id, function.function_name, names.LATEST)
 
 
 def _no_config(call: Call, function: Function) -> errors.ApiError:

@@ -17,7 +17,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse, Response
 
-from broker import records
+from broker import invocation_records
 from broker.api import inputs, names
 from broker.api.function_settings import reserved_concurrency
 from broker.api.operation import Call, Operation
@@ -35,7 +35,7 @@ def configuration(call: Call, function: Function, qualifier: str | None, *, list
     name = function.function_name
     document: dict[str, Any] = {
         "FunctionName": name,
-        "FunctionArn": records.function_arn(settings.region, settings.account_id, name, qualifier),
+        "FunctionArn": invocation_records.function_arn(settings.region, settings.account_id, name, qualifier),
         "Runtime": RUNTIME,
         "Handler": function.handler,
         "CodeSize": 0,

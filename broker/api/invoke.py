@@ -33,13 +33,13 @@ from broker.config import Config, Function
 from broker.connection import StoreError
 from broker.errors import HeadwaterError, TooManyRequests
 from broker.function_overrides import FunctionOverrides, OverridesView
+from broker.invocation import Invocation, InvocationType, Result, Status
 from broker.logs import get_logger
-from broker.model import Invocation, InvocationType, Result, Status
 
 if TYPE_CHECKING:
     from redis import Redis
 
-INVOCATION_TYPES = tuple(kind.value for kind in InvocationType)
+INVOCATION_TYPES = tuple(member.value for member in InvocationType)
 LOG_TYPES = ("None", "Tail")
 REPLY_SLICE_SECONDS = 2.0  # one BLPOP at a time: a socket read never waits on Redis for long
 EVENT_BATCH_MOST = 256  # events per pipeline: bounds one round trip's size and the answer it delays
@@ -95,17 +95,18 @@ class ApiClient(Client):
 
 async def invoke(call: Call) -> Response:
     ref = names.parse(call.path_params["FunctionName"], call.query("Qualifier"))
-    kind = InvocationType(_enum(call, "x-amz-invocation-type", "invocationType", INVOCATION_TYPES, "RequestResponse"))
+    requested = _enum(call, "x-amz-invocation-type", "invocationType", INVOCATION_TYPES, "RequestResponse")
+    invocation_type = InvocationType(requested)
     tail = _enum(call, "x-amz-log-type", "logType", LOG_TYPES, "None") == "Tail"
     function = names.resolve(call.state.config, ref, unqualified_suffix=names.LATEST)
-    text = payload.check(payload.to_text(call.body) if call.body else "{}", kind)
+    text = payload.check(payload.to_text(call.body) if call.body else "{}", invocation_type)
     client_context = payload.check_client_context(call.header("x-amz-client-context"))
-    if kind is InvocationType.DRY_RUN:
+    if invocation_type is InvocationType.DRY_RUN:
         return Response(status_code=204)
     client = call.state.client
     assert isinstance(client, ApiClient)
-    if kind is InvocationType.EVENT:  # checked above already: straight to the queue, as Client.invoke would
-        invocation = Invocation(function.function_name, text, kind, trigger="async")
+    if invocation_type is InvocationType.EVENT:  # checked above already: straight to the queue, as Client.invoke would
+        invocation = Invocation(function.function_name, text, invocation_type, trigger="async")
         await client.events.store(invocation, call.state.invoke_threads)
         return Response(status_code=202, headers={"x-amzn-RequestId": invocation.request_id})
     invocation = await anyio.to_thread.run_sync(

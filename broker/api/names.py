@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from broker import records
+from broker import invocation_records
 from broker.api import errors
 from broker.config import Config, Function
 
@@ -71,6 +71,6 @@ def resolve(config: Config, ref: FunctionRef, *, unqualified_suffix: str | None 
     ours = ref.region in (None, settings.region) and ref.account_id in (None, settings.account_id)
     if function is None or not ours or ref.qualifier not in (None, LATEST):
         region, account = ref.region or settings.region, ref.account_id or settings.account_id
-        arn = records.function_arn(region, account, ref.name, ref.qualifier or unqualified_suffix)
+        arn = invocation_records.function_arn(region, account, ref.name, ref.qualifier or unqualified_suffix)
         raise errors.not_found(f"Function not found: {arn}")
     return function

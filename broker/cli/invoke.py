@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from broker import payload
 from broker.cli.common import Parser, command, connected
 from broker.config import load_config
-from broker.model import InvocationType
+from broker.invocation import InvocationType
 
 if TYPE_CHECKING:
     from broker.cli.common import Commands

@@ -9,17 +9,17 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from broker.destinations.base import DeliveryContext, Destination, Message
+from broker.destinations.base import DeliveryContext, DestinationKind, Message
 
-_KINDS: list[type[Destination]] = []
+_KINDS: list[type[DestinationKind]] = []
 
 
-def register(kind: type[Destination]) -> type[Destination]:
+def register(kind: type[DestinationKind]) -> type[DestinationKind]:
     _KINDS.append(kind)
     return kind
 
 
-def kind_for(target: str) -> type[Destination]:
+def kind_for(target: str) -> type[DestinationKind]:
     """The kind that owns `target`; a ValueError listing every accepted form otherwise."""
     for kind in _KINDS:
         if kind.matches(target):
@@ -40,4 +40,4 @@ for _module in pkgutil.iter_modules(__path__):
     if _module.name not in {"base", "dispatcher"}:
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["DeliveryContext", "Destination", "Message", "function_name_of", "kind_for", "register"]
+__all__ = ["DeliveryContext", "DestinationKind", "Message", "function_name_of", "kind_for", "register"]

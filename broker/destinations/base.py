@@ -45,8 +45,10 @@ class DeliveryContext:
     mapping: EventSourceMapping | None = None
 
 
-class Destination(ABC):
-    kind: ClassVar[str]  # the `target_type` label in metrics
+class DestinationKind(ABC):
+    """One kind of target (a Kafka topic, an SQS queue, ...); an instance writes to one target string."""
+
+    name: ClassVar[str]  # the `target_type` label in metrics
     forms: ClassVar[str]  # the accepted target forms, for error messages
 
     def __init__(self, target: str, context: DeliveryContext) -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from broker.destinations import kind_for
-from broker.destinations.base import DeliveryContext, Destination, Message
+from broker.destinations.base import DeliveryContext, DestinationKind, Message
 
 
 class Dispatcher:
     def __init__(self, context: DeliveryContext) -> None:
         self.context = context
-        self._open: dict[str, Destination] = {}
+        self._open: dict[str, DestinationKind] = {}
 
     async def send(self, target: str, message: Message) -> None:
         """Deliver or raise `DestinationError`; the caller decides how to retry."""
@@ -21,7 +21,7 @@ class Dispatcher:
 
     @staticmethod
     def kind_of(target: str) -> str:
-        return kind_for(target).kind
+        return kind_for(target).name
 
     async def close(self) -> None:
         for destination in self._open.values():

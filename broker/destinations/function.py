@@ -12,14 +12,14 @@ import asyncio
 
 from broker.connection import StoreError
 from broker.destinations import function_name_of, register
-from broker.destinations.base import Destination, Message
+from broker.destinations.base import DestinationKind, Message
 from broker.errors import DestinationError, HeadwaterError
-from broker.model import Invocation, InvocationType
+from broker.invocation import Invocation, InvocationType
 
 
 @register
-class Function(Destination):
-    kind = "function"
+class FunctionTarget(DestinationKind):
+    name = "function"
     forms = "a function ARN (arn:aws:lambda:REGION:ACCOUNT:function:NAME)"
 
     @classmethod

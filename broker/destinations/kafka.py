@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from broker.destinations import register
-from broker.destinations.base import Destination, Message
+from broker.destinations.base import DestinationKind, Message
 from broker.errors import DestinationError
 from broker.settings import get_settings, variable
 
@@ -30,8 +30,8 @@ REQUEST_TIMEOUT_MS = 10_000  # below the worker's 30 s delivery timeout, so a fa
 
 
 @register
-class KafkaTopic(Destination):
-    kind = "kafka"
+class KafkaTopic(DestinationKind):
+    name = "kafka"
     forms = f"a Kafka topic (kafka://TOPIC, on the cluster of {variable('kafka_bootstrap_servers')})"
 
     def __init__(self, *args: Any) -> None:

@@ -15,15 +15,15 @@ import json
 from redis.exceptions import RedisError
 
 from broker.destinations import register
-from broker.destinations.base import Destination, Message
+from broker.destinations.base import DestinationKind, Message
 from broker.errors import DestinationError
 
 SCHEME = "redis-stream://"
 
 
 @register
-class RedisStream(Destination):
-    kind = "redis_stream"
+class RedisStream(DestinationKind):
+    name = "redis_stream"
     forms = "a Redis stream on Headwater's Redis (redis-stream://KEY)"
 
     @classmethod

@@ -12,7 +12,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from broker.destinations import register
-from broker.destinations.base import Destination, Message
+from broker.destinations.base import DestinationKind, Message
 from broker.errors import DestinationError
 
 ARN = re.compile(r"^arn:aws[\w-]*:sqs:(?P<region>[\w-]+):(?P<account>\d{12}):(?P<name>[\w.-]{1,80})$")
@@ -20,8 +20,8 @@ URL = re.compile(r"^https?://[^/]+/(?P<account>\d{12}|queue)/[\w.-]{1,80}$|^http
 
 
 @register
-class SqsQueue(Destination):
-    kind = "sqs"
+class SqsQueue(DestinationKind):
+    name = "sqs"
     forms = "an SQS queue ARN (arn:aws:sqs:REGION:ACCOUNT:NAME) or queue URL"
 
     def __init__(self, *args: Any) -> None:

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
+    from broker.invocation import Result
     from broker.mapping import EventSourceMapping
-    from broker.model import Result
 
 # Fields that only some sources accept; every other mapping field applies to all sources.
 SOURCE_SPECIFIC_FIELDS = frozenset(

@@ -32,7 +32,7 @@ from redis.exceptions import OutOfMemoryError, RedisError
 
 from broker.client import Client
 from broker.config import load_config
-from broker.model import InvocationType
+from broker.invocation import InvocationType
 from tests.rig import RedisServer
 from tests.rig.common import ManagedProcess, start_or_fail
 from tests.waiting import eventually

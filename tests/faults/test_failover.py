@@ -24,7 +24,7 @@ from redis.sentinel import MasterNotFoundError, SentinelConnectionPool
 
 from broker.connection import connect, connect_async, parse_sentinel_url, wait_for_replicas
 from broker.errors import ConfigError, StoreUnavailable, TooManyRequests
-from broker.model import InvocationType
+from broker.invocation import InvocationType
 from tests.faults.conftest import FaultStack, report
 from tests.rig.common import start_or_fail
 from tests.rig.sentinel import SentinelGroup

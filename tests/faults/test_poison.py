@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from redis import Redis
 
-from broker.model import Invocation, InvocationType
+from broker.invocation import Invocation, InvocationType
 from broker.queue import InvocationQueue
 from tests.faults.conftest import FaultStack, report
 

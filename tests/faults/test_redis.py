@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 
 from broker.errors import TooManyRequests
-from broker.model import InvocationType
+from broker.invocation import InvocationType
 from tests.faults.conftest import (
     HEARTBEAT_TTL_SECONDS,
     FaultStack,

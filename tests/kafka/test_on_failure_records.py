@@ -16,8 +16,8 @@ from prometheus_client import REGISTRY
 from broker import stream_retry
 from broker.destinations.base import Message
 from broker.errors import DestinationError
+from broker.invocation import Result, Status
 from broker.mapping import EventSourceMapping
-from broker.model import Result, Status
 from broker.sources.base import Batch, FailurePart, Record, Source, SourceContext
 from tests.kafka.conftest import KafkaStack
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from broker import keys
-from broker.model import Result, Status
+from broker.invocation import Result, Status
 from broker.shard_leases import OwnedShard
 from broker.sources.base import Record
 from broker.sources.shards import ShardTrack

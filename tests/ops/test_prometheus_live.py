@@ -36,7 +36,7 @@ import pytest
 import yaml
 
 from broker import keys
-from broker.model import InvocationType
+from broker.invocation import InvocationType
 from tests.workers.conftest import REPO_ROOT, Stack
 
 CHART = REPO_ROOT / "deploy" / "helm" / "headwater"

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from broker import keys
-from broker.model import Invocation, InvocationType
+from broker.invocation import Invocation, InvocationType
 from broker.queue import InvocationQueue
 from tests.workers.conftest import REPO_ROOT, Stack
 

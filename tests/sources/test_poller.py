@@ -17,12 +17,12 @@ from prometheus_client import REGISTRY
 from redis import Redis
 from structlog.testing import capture_logs
 
-from broker.config import Function, Settings
+from broker.config import Function, HeadwaterOptions
 from broker.destinations.base import Message
 from broker.errors import BatchLostError
+from broker.invocation import Result, Status
 from broker.mapping import EventSourceMapping
 from broker.mapping_state import ProcessingResult
-from broker.model import Result, Status
 from broker.poller import Poller
 from broker.sender import Sender
 from broker.sources.base import Batch, Record, Source
@@ -91,10 +91,10 @@ def poller_for(
         if sent is not None:
             sent.append((target, message))
 
-    settings = Settings(throttle_backoff_initial_seconds=0.05, throttle_backoff_max_seconds=0.2)
+    options = HeadwaterOptions(throttle_backoff_initial_seconds=0.05, throttle_backoff_max_seconds=0.2)
     return Poller(
         source.mapping, function or Function(function_name="f", handler="m.h", timeout=1), source,
-        sender=sender, send=send, settings=settings, report=report,  # type: ignore[arg-type]
+        sender=sender, send=send, options=options, report=report,  # type: ignore[arg-type]
     )  # fmt: skip
 
 

@@ -13,8 +13,8 @@ from prometheus_client import REGISTRY
 from broker import stream_retry
 from broker.destinations.base import Message
 from broker.errors import DestinationError
+from broker.invocation import Result, Status
 from broker.mapping import EventSourceMapping
-from broker.model import Result, Status
 from broker.sources.base import Batch, Record
 from broker.stream_retry import deliver_in_place
 from tests.memory_source import MemoryLog, context

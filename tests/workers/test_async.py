@@ -10,7 +10,7 @@ from typing import Any
 import boto3
 import pytest
 
-from broker.model import Invocation, InvocationType
+from broker.invocation import Invocation, InvocationType
 from broker.queue import InvocationQueue
 from tests.workers.conftest import Stack
 

@@ -18,7 +18,7 @@ from redis import Redis
 
 from broker import keys
 from broker.connection import connect
-from broker.model import Invocation, InvocationType
+from broker.invocation import Invocation, InvocationType
 from broker.queue import InvocationQueue
 from tests.rig import RedisServer
 from tests.workers.conftest import REPO_ROOT, write_config

@@ -17,7 +17,7 @@ import pytest
 
 from broker import payload
 from broker.errors import InvalidRequestContent
-from broker.model import InvocationType
+from broker.invocation import InvocationType
 from tests.workers.conftest import Stack
 
 HANDLERS = "tests.handlers.isolation"

@@ -13,7 +13,7 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from broker import job_codec, keys
-from broker.model import Condition, Invocation, InvocationType, Outcome, Result, Status
+from broker.invocation import Condition, Invocation, InvocationType, Outcome, Result, Status
 from broker.queue import InvocationQueue
 
 

@@ -14,7 +14,7 @@ import pytest
 from redis import Redis
 
 from broker import keys
-from broker.model import Invocation, InvocationType, Result, Status
+from broker.invocation import Invocation, InvocationType, Result, Status
 from broker.queue import InvocationQueue
 from tests.rig.redis import reply_text
 

@@ -13,7 +13,7 @@ import pytest
 from broker.client import Client
 from broker.config import parse_config
 from broker.errors import FunctionNotFound, InvalidRequestContent, RequestTooLarge
-from broker.model import InvocationType
+from broker.invocation import InvocationType
 from tests.rig.redis import reply_text
 
 CONFIG = parse_config({"Functions": [{"FunctionName": "f", "Handler": "tests.handlers.core.record"}]})

@@ -8,7 +8,7 @@ import signal
 from collections.abc import Callable
 from typing import Any, cast
 
-from broker.model import InvocationType
+from broker.invocation import InvocationType
 from tests.rig import RedisServer
 from tests.workers.conftest import Stack
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from broker.errors import TooManyRequests
-from broker.model import InvocationType
+from broker.invocation import InvocationType
 from tests.workers.conftest import Stack
 
 
@@ -161,8 +161,10 @@ def test_the_pool_serves_the_sum_of_its_processes_metrics(make_stack: Callable[.
             return text
 
     stack.client.invoke("ok", {"n": "async"}, InvocationType.EVENT)
-    stack.wait_for(lambda: 'headwater_async_events_received_total{function="ok"} 1.0' in scrape())
+    # counted when the run ends, after the event's receipt: wait for the last thing counted
+    stack.wait_for(lambda: 'headwater_invocations_total{function="ok",trigger="async"} 1.0' in scrape())
     text = scrape()
+    assert 'headwater_async_events_received_total{function="ok"} 1.0' in text
     assert 'headwater_invocations_total{function="ok",trigger="sync"} 6.0' in text
     assert 'headwater_invocations_total{function="ok",trigger="async"} 1.0' in text
     assert 'headwater_invocation_errors_total{error_type="unhandled",function="bad",trigger="sync"} 1.0' in text

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from broker.filtering import decode_or_text
-from broker.records import iso_timestamp
+from broker.invocation_records import iso_timestamp
 from broker.sources.base import Batch, FailurePart, Record
 from broker.sources.kafka.lanes import Position
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.filtering import decode_or_text
-from broker.records import iso_timestamp
+from broker.invocation_records import iso_timestamp
 from broker.sources.base import Batch, Record
 from broker.sources.shards import Position
 from broker.sources.shards.batch_info import batch_range

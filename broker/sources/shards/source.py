@@ -48,8 +48,8 @@ from broker.sources.shards.service import Fetched
 from broker.sources.shards.track import Position, ShardTrack
 
 if TYPE_CHECKING:
+    from broker.invocation import Result
     from broker.mapping import EventSourceMapping
-    from broker.model import Result
 
 READ_WAIT_SECONDS = 1.0
 HANDOFF_MARGIN_SECONDS = 10.0  # beyond the function timeout: queueing, the reply, the checkpoint

@@ -48,8 +48,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from broker.invocation import Result, Status
 from broker.logs import get_logger
-from broker.model import Result, Status
 from broker.sources.base import Batch, Record
 
 STATE_LIMIT_BYTES = 1_048_576  # Lambda's cap on a shard's window state

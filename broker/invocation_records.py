@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from broker.destinations.base import Message
-from broker.model import Condition, Invocation, Outcome, Status
+from broker.invocation import Condition, Invocation, Outcome, Status
 
 ERROR_MESSAGE_LIMIT_BYTES = 1024
 
