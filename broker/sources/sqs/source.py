@@ -8,9 +8,9 @@ some of it is in flight, and this source never returns a group that has a batch 
 each group is processed in order while groups run side by side.
 
 A long poll waits about as long as the queue has been quiet: 1 s right after a message, growing
-to SQS's 20 s (Lambda's wait) after 20 quiet seconds, and 20 s before the first message. A quiet
-mapping costs about as many requests as Lambda's, and a stop, which lets the receive in flight
-finish and hands back what it brought at once, rarely waits long (see `client`).
+to SQS's 20 s (Lambda's wait) after 20 quiet seconds, counted from the source's start until a
+message comes. A quiet mapping costs about as many requests as Lambda's, and a stop, which lets the
+receive in flight finish and hands back what it brought at once, rarely waits long (see `client`).
 
 Every message received is *held* until settled (see `holding`): kept invisible while it waits or
 runs, so a batch waiting behind a backlog never reappears and runs twice. Settling deletes the done
@@ -94,7 +94,7 @@ class SqsSource(Source):
         self._waiting: deque[Record] = deque()  # received, in no batch yet: carried over, or other groups
         self._busy_lanes: set[str] = set()
         self._receiving = asyncio.Lock()
-        self._last_message_at: float | None = None  # monotonic; sets how long the next long poll waits
+        self._last_message_at = time.monotonic()  # the start, then each message: sets the long polls' wait
         self._deleted = metrics.MAPPING_EVENTS.labels(mapping.uuid, SqsKind.name, "deleted")
         self._oldest_age = metrics.SQS_OLDEST_MESSAGE_AGE.labels(mapping.uuid)
 
@@ -287,8 +287,6 @@ class SqsSource(Source):
 
     def _long_poll_seconds(self) -> int:
         """As long as the queue has been quiet, from SHORTEST_WAIT_SECONDS to SQS's 20 s."""
-        if self._last_message_at is None:
-            return RECEIVE_WAIT_SECONDS
         quiet = time.monotonic() - self._last_message_at
         return min(RECEIVE_WAIT_SECONDS, max(SHORTEST_WAIT_SECONDS, math.ceil(quiet)))
 
