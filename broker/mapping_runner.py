@@ -55,6 +55,7 @@ class MappingRunner:
         self._services = services
         self._stopping = asyncio.Event()
         self._disabling = False
+        self._disabled = False
         self._poller: Poller | None = None
 
     @property
@@ -91,9 +92,15 @@ class MappingRunner:
             log.error("event source mapping refused", mapping=self.mapping.uuid, reason=reason)
             await self._services.states.transition(self.mapping, State.DISABLED, reason)
         elif self._disabling:
-            await self._services.states.transition(self.mapping, State.DISABLED)
+            await self._mark_disabled()
         if refusal is not None or self._disabling:  # it polls no more: no last-poll time that ages into an alert
             metrics.forget_mapping(self.mapping.uuid, keep_info=True)
+
+    async def _mark_disabled(self) -> None:
+        """Disabled, once: as soon as the batches settled (before the source's own clean-up)."""
+        if not self._disabled:
+            self._disabled = True
+            await self._services.states.transition(self.mapping, State.DISABLED)
 
     async def _run_until_stopped(self, source_class: type[Source]) -> ConfigError | None:
         """Poll, restarting after crashes, until stopped; or return what the source refused."""
@@ -132,7 +139,7 @@ class MappingRunner:
         finally:
             self._poller = None
             if self._disabling:  # its batches settled and it reads no more; what is left is the source's cleanup
-                await self._services.states.transition(self.mapping, State.DISABLED)
+                await self._mark_disabled()
             await source.stop()  # an SQS receive in flight may take its long poll to come back and be handed back
             await dispatcher.close()
 
