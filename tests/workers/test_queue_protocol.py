@@ -18,7 +18,9 @@ from broker.invocation import Invocation, InvocationType, Result, Status
 from broker.queue import InvocationQueue
 from tests.rig.redis import reply_text
 
-TTL_SECONDS = 5.0
+# Leases are made to lapse by hand (`lapse`); a long lease keeps a stall of a loaded machine between two
+# steps (over half a lease) from reading as a Redis outage, which would grant every lease a grace period.
+TTL_SECONDS = 60.0
 
 
 @pytest.fixture

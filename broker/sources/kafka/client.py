@@ -11,6 +11,7 @@ naming it.
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -26,6 +27,7 @@ from broker.sources.kafka import shape
 from broker.sources.kafka.access import client_settings
 
 FETCH_WAIT_MS = 200
+STEP_OVER_SECONDS = 10.0  # then the fetch loop reads on, and raises here again if the record is still ahead
 REJOIN_MARGIN_SECONDS = 10.0  # beyond the drain: the group's own round trips
 # What HEADWATER_KAFKA_CONSUMER_OPTIONS may name: aiokafka's consumer arguments (session_timeout_ms, fetch sizes...).
 CONSUMER_ARGUMENTS = frozenset(inspect.signature(AIOKafkaConsumer).parameters) - {"topics", "loop"}
@@ -92,11 +94,17 @@ async def step_over_undecodable(
     returns its reason for `Source.unreadable`, or None when no partition raised this time.
 
     aiokafka raises without naming the record, and would raise on it forever: each partition is read
-    one record at a time (the good ones go to `take_in` as usual) until one raises; the consumer's
-    position is then that record's offset, and reading resumes just past it. The record is not
-    delivered (its bytes never reach us)."""
+    one record at a time (the good ones go to `take_in` as usual) up to the high watermark its last
+    fetch reported, until one raises; the consumer's position is then that record's offset, and
+    reading resumes just past it. The record is not delivered (its bytes never reach us). A partition
+    is read until its watermark, not until one read comes back empty: the refetch of the partition
+    that raised can wait behind the broker's long poll of the idle ones, longer than one read waits."""
+    deadline = time.monotonic() + STEP_OVER_SECONDS
     for partition in consumer.assignment() - consumer.paused():
-        while True:
+        while time.monotonic() < deadline:
+            end = consumer.highwater(partition)
+            if end is None or partition in consumer.paused() or await consumer.position(partition) >= end:
+                break
             try:
                 fetched = await consumer.getmany(partition, timeout_ms=FETCH_WAIT_MS, max_records=1)
             except UnicodeDecodeError as error:
@@ -105,8 +113,6 @@ async def step_over_undecodable(
                 log.error("Kafka record cannot be decoded; skipping it", record=name, error=str(error))
                 consumer.seek(partition, offset + 1)
                 return f"{name}: {error}"
-            if not fetched:
-                break
             take_in(fetched)
     return None
 
