@@ -26,6 +26,7 @@ from redis import Redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from broker import keys
 from broker.client import Client
 from broker.config import parse_config
 from broker.embedded_redis import EmbeddedRedis
@@ -80,10 +81,10 @@ def run_headwater(redis: Redis, url: str, events: int) -> float:
     )
 
     def in_flight() -> int:
-        return sum(int(redis.llen(key)) for key in redis.scan_iter("headwater:processing:*"))
+        return sum(int(redis.llen(key)) for key in redis.scan_iter(keys.PROCESSING_PREFIX + "*"))
 
     try:
-        rate = drain_rate(redis, events, lambda: int(redis.llen("rq:queue:headwater.noop")), in_flight, worker)
+        rate = drain_rate(redis, events, lambda: int(redis.llen(keys.queue_key("noop"))), in_flight, worker)
     finally:
         stop(worker)
     drained = command_calls(redis)

@@ -40,6 +40,7 @@ from redis.exceptions import RedisError
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from broker import keys
 from broker.client import Client
 from broker.config import load_config
 from broker.errors import HeadwaterError
@@ -115,21 +116,21 @@ class Chaos:
 
     def _held_by(self, pid: int) -> int:
         with contextlib.suppress(RedisError), self.redis() as redis:
-            return sum(int(redis.llen(key)) for key in redis.scan_iter(f"headwater:processing:*:{pid}:*"))
+            return sum(int(redis.llen(key)) for key in redis.scan_iter(f"{keys.PROCESSING_PREFIX}*:{pid}:*"))
         return 0
 
     def _in_flight(self) -> int:
         with contextlib.suppress(RedisError), self.redis() as redis:
-            return sum(int(redis.llen(key)) for key in redis.scan_iter("headwater:processing:*"))
+            return sum(int(redis.llen(key)) for key in redis.scan_iter(keys.PROCESSING_PREFIX + "*"))
         return 0
 
     def pending(self) -> int | None:
         """Jobs still anywhere in Redis, or None while it cannot be asked."""
         try:
             with self.redis() as redis:
-                queued = sum(int(redis.llen(key)) for key in redis.scan_iter("rq:queue:headwater.*"))
-                held = sum(int(redis.llen(key)) for key in redis.scan_iter("headwater:processing:*"))
-                return queued + held + int(redis.zcard("headwater:scheduled"))
+                queued = sum(int(redis.llen(key)) for key in redis.scan_iter(keys.RQ_QUEUE_KEY_PREFIX + "headwater.*"))
+                held = sum(int(redis.llen(key)) for key in redis.scan_iter(keys.PROCESSING_PREFIX + "*"))
+                return queued + held + sum(int(redis.zcard(key)) for key in redis.scan_iter(keys.scheduled("*")))
         except RedisError:
             return None
 

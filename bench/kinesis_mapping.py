@@ -201,11 +201,11 @@ class Bench:
         """Wait until every worker process is up and the poller holds a lease on every shard."""
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if self.redis.zcard(keys.WORKERS) < self.workers:
+            if self.redis.zcard(keys.workers("bench")) < self.workers:
                 await asyncio.sleep(0.1)
                 continue
             for key in self.redis.scan_iter(match=f"{keys.PREFIX}:shards:*"):
-                uuid_ = reply_text(key).rsplit(":", 1)[1]
+                uuid_ = reply_text(key).rsplit(":", 1)[1].strip("{}")
                 owners = [
                     self.redis.hget(keys.shard_lease(uuid_, reply_text(s)), "owner") for s in self.redis.smembers(key)
                 ]

@@ -44,7 +44,7 @@ from redis import asyncio as redis_async
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from broker import metrics
+from broker import keys, metrics
 from broker.mapping import EventSourceMapping
 from broker.supervisor import Supervisor
 from tests.rig import ElasticMQServer, MotoServer, RedisServer, aws_env
@@ -294,7 +294,7 @@ def start_worker(redis_url: str, directory: Path) -> ManagedProcess:
     worker.start()
     redis = Redis.from_url(redis_url)
     deadline = time.monotonic() + 30
-    while not redis.zcard("headwater:workers"):
+    while not redis.zcard(keys.workers("noop")):
         if time.monotonic() > deadline or not worker.running:
             raise RuntimeError(f"the worker did not start:\n{worker.describe_log()}")
         time.sleep(0.05)

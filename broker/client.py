@@ -81,7 +81,7 @@ class Client:
         invocation = Invocation(
             name, text, InvocationType.REQUEST_RESPONSE, trigger="sync", client_context=client_context
         )
-        invocation = invocation.replace(reply_to=keys.reply(invocation.request_id))
+        invocation = invocation.replace(reply_to=keys.reply(invocation.function_name, invocation.request_id))
         assert invocation.reply_to is not None
         wait = timeout if timeout is not None else function.timeout + QUEUE_WAIT_ALLOWANCE_SECONDS
         first_wait = min(wait, FIRST_WAIT_SECONDS)

@@ -11,6 +11,17 @@
   `redis://`; `sentinel_password` (and `sentinel_username`) to the Sentinels themselves, when
   they have `requirepass` set. Reserved characters in any of them are percent-encoded.
 
+and Redis Cluster:
+
+    redis+cluster://[[username]:password@]host[:port][,host[:port]...][/]
+
+* the hosts are any primaries (or replicas) of the cluster to learn its slot map from (port 6379
+  when left out); the client then talks to each slot's primary itself and follows MOVED/ASK
+  redirections after a resharding or a failover. Every key of one function (and of one event source
+  mapping) shares a hash tag (`broker.keys`), so each of Headwater's scripts and pipelined reads stays
+  in one slot or is split by node. A cluster has one database (no `/db`), and durable mode (`WAIT`
+  on one connection) is refused on it.
+
 Callers never build clients themselves: timeouts, health checks and the discovery of the current
 primary are decided here once. With Sentinel a client asks the Sentinels for the primary whenever
 it (re)connects, so after a failover the *next* command after a failed one reaches the new primary:
@@ -37,14 +48,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from redis import Redis
 from redis import asyncio as redis_async
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import (
     BusyLoadingError,
     MasterDownError,
@@ -63,6 +76,8 @@ from broker.errors import ConfigError
 
 HEALTH_CHECK_SECONDS = 30
 SENTINEL_SCHEME = "redis+sentinel"
+CLUSTER_SCHEME = "redis+cluster"
+CLUSTER_DEFAULT_PORT = 6379
 SENTINEL_DEFAULT_PORT = 26379
 # A Sentinel that hangs (frozen host, black-holed network) must not stall discovery: the next
 # Sentinel in the list is asked instead.
@@ -161,9 +176,56 @@ class AsyncSentinelBackedRedis(redis_async.Redis):
             await sentinel.aclose()
 
 
+@dataclass(frozen=True)
+class ClusterTarget:
+    """A parsed `redis+cluster://` URL: the nodes to learn the slot map from, and the credentials."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = None
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.lower().startswith(CLUSTER_SCHEME + "://")
+
+
+def is_cluster(client: object) -> bool:
+    """Whether `client` talks to a Redis Cluster (keys of different slots may not meet in one command)."""
+    return isinstance(client, RedisCluster | AsyncRedisCluster)
+
+
+def parse_cluster_url(url: str) -> ClusterTarget:
+    """Parse the `redis+cluster://` form documented above; `ConfigError` says what is wrong (never
+    quoting the URL, which may hold a password)."""
+    parts = urlsplit(url)
+    userinfo, _, hostlist = parts.netloc.rpartition("@")
+    username, _, password = userinfo.partition(":")
+    if parts.path.strip("/") or parts.query:
+        raise _bad_url("a cluster URL has no database number or query options", CLUSTER_SCHEME)
+    nodes = tuple(_parse_host(host, CLUSTER_DEFAULT_PORT, CLUSTER_SCHEME) for host in hostlist.split(","))
+    return ClusterTarget(nodes, unquote(username) or None, unquote(password) or None)
+
+
+def _connect_cluster(url: str, options: dict[str, Any]) -> RedisCluster:
+    target = parse_cluster_url(url)
+    nodes = [ClusterNode(host, port) for host, port in target.nodes]  # type: ignore[no-untyped-call]  # untyped in redis-py
+    return RedisCluster(startup_nodes=nodes, username=target.username, password=target.password, **options)
+
+
+def _connect_cluster_async(url: str, options: dict[str, Any]) -> AsyncRedisCluster:
+    from redis.asyncio.cluster import ClusterNode as AsyncClusterNode  # noqa: PLC0415 - same name as the sync one
+
+    target = parse_cluster_url(url)
+    nodes = [AsyncClusterNode(host, port) for host, port in target.nodes]
+    return AsyncRedisCluster(startup_nodes=nodes, username=target.username, password=target.password, **options)
+
+
 def connect(url: str, **options: Any) -> Redis:
-    """A synchronous client for `url`; with Sentinel, one that always talks to the current primary."""
+    """A synchronous client for `url`; with Sentinel, one that always talks to the current primary;
+    with a cluster, a `RedisCluster` (typed as `Redis`: it answers the same commands, per slot)."""
     options.setdefault("health_check_interval", HEALTH_CHECK_SECONDS)
+    if is_cluster_url(url):
+        return cast(Redis, _connect_cluster(url, options))
     if not is_sentinel_url(url):
         return Redis.from_url(url, **options)
     target = parse_sentinel_url(url)
@@ -177,8 +239,11 @@ def connect(url: str, **options: Any) -> Redis:
 
 
 def connect_async(url: str, **options: Any) -> redis_async.Redis:
-    """An asyncio client for `url`; with Sentinel, one that always talks to the current primary."""
+    """An asyncio client for `url`; with Sentinel, one that always talks to the current primary;
+    with a cluster, an asyncio `RedisCluster` (typed as `Redis`, as in `connect`)."""
     options.setdefault("health_check_interval", HEALTH_CHECK_SECONDS)
+    if is_cluster_url(url):
+        return cast(redis_async.Redis, _connect_cluster_async(url, options))
     if not is_sentinel_url(url):
         return redis_async.from_url(url, **options)
     target = parse_sentinel_url(url)
@@ -208,22 +273,26 @@ def wait_for_replicas(client: Redis, replicas: int, timeout_ms: int) -> int:
     return int(client.wait(replicas, timeout_ms))
 
 
-def _parse_host(text: str) -> tuple[str, int]:
+def _parse_host(text: str, default_port: int = SENTINEL_DEFAULT_PORT, scheme: str = SENTINEL_SCHEME) -> tuple[str, int]:
     host, port = text, ""
     if text.startswith("["):  # [IPv6]:port
         host, _, rest = text[1:].partition("]")
         port = rest.removeprefix(":")
     elif ":" in text:
         host, _, port = text.rpartition(":")
+    what = "Sentinel" if scheme == SENTINEL_SCHEME else "cluster node"
     if not host:
-        raise _bad_url("every Sentinel needs a host (host[:port], comma-separated)")
+        raise _bad_url(f"every {what} needs a host (host[:port], comma-separated)", scheme)
     if port and not port.isdigit():
-        raise _bad_url(f"Sentinel port {port!r} of {host} is not a number")
-    return host, int(port) if port else SENTINEL_DEFAULT_PORT
+        raise _bad_url(f"{what} port {port!r} of {host} is not a number", scheme)
+    return host, int(port) if port else default_port
 
 
-def _bad_url(reason: str) -> ConfigError:
-    expected = f"{SENTINEL_SCHEME}://[:password@]host:port[,host:port...]/service_name[/db]"
+def _bad_url(reason: str, scheme: str = SENTINEL_SCHEME) -> ConfigError:
+    if scheme == CLUSTER_SCHEME:
+        expected = f"{CLUSTER_SCHEME}://[:password@]host:port[,host:port...]"
+    else:
+        expected = f"{SENTINEL_SCHEME}://[:password@]host:port[,host:port...]/service_name[/db]"
     return ConfigError([f"{reason} (expected {expected})"], "Redis URL")
 
 

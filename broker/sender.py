@@ -54,9 +54,9 @@ class Sender:
         """Run the batch (its event as `encode_event` wrote it) and return its result; raise
         BatchLostError when no result can come (see above)."""
         invocation = Invocation(function_name, payload, InvocationType.REQUEST_RESPONSE, trigger=trigger)
-        reply_to = keys.reply(invocation.request_id)
+        reply_to = keys.reply(invocation.function_name, invocation.request_id)
         job_id = await self._enqueue(invocation.replace(reply_to=reply_to), give_up_at)
-        return await self._await_reply(job_id, reply_to, give_up_at)
+        return await self._await_reply(function_name, job_id, reply_to, give_up_at)
 
     async def _enqueue(self, invocation: Invocation, give_up_at: float | None) -> str:
         backoff = Backoff(*STORE_RETRY_SECONDS, jitter=0.2)
@@ -68,14 +68,14 @@ class Sender:
             _check_hold(give_up_at, "the invocation queue stayed unreachable")
             await asyncio.sleep(backoff.next())
 
-    async def _await_reply(self, job_id: str, reply_to: str, give_up_at: float | None) -> Result:
+    async def _await_reply(self, function_name: str, job_id: str, reply_to: str, give_up_at: float | None) -> Result:
         backoff = Backoff(*STORE_RETRY_SECONDS, jitter=0.2)
         while True:
             try:
                 popped = await self._redis.blpop([reply_to], timeout=_slice(give_up_at))
                 if popped is not None:
                     return Result.from_wire(popped[1])
-                if not await asyncio.to_thread(self._queue.job_pending, job_id):
+                if not await asyncio.to_thread(self._queue.job_pending, function_name, job_id):
                     return await self._last_look(job_id, reply_to)
                 backoff.reset()
             except STORE_ERRORS as error:

@@ -35,7 +35,7 @@ from broker.errors import ConfigError
 
 PREFIX = "HEADWATER_"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
 SOURCE = "environment"
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
@@ -71,8 +71,9 @@ class Settings(BaseSettings):
     )
 
     redis_url: str = DEFAULT_REDIS_URL
-    """The Redis every command and process uses (`redis://`, `rediss://`, `unix://` or
-    `redis+sentinel://`); `--redis-url` overrides it."""
+    """The Redis every command and process uses (`redis://`, `rediss://`, `unix://`,
+    `redis+sentinel://`, or `redis+cluster://host:port[,host:port...]` for a Redis Cluster: see
+    `broker.connection`); `--redis-url` overrides it."""
     config: Path | None = None
     """The configuration file (YAML or JSON); `--config` overrides it."""
     log_level: LogLevel = "INFO"

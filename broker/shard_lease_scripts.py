@@ -7,20 +7,23 @@ number whose batch reached its final outcome), `ended` ("1" once the checkpoint 
 "trim_horizon": the shard appeared while the mapping ran, so it is read from its first record),
 `wanted`/`wanted_at` (a replica below its fair share asked for it, and when) and `age_ms`/`age_at`
 (its owner's last iterator age). As in `queue_scripts`, no script spells a key: fixed keys come in
-KEYS, and shard keys are built from a prefix passed in ARGV (`keys.shard_lease_prefix`), which is
-why they need not be declared: Headwater runs on one Redis (or a Sentinel group), not a Cluster.
+KEYS, and shard keys are built from a prefix passed in ARGV (`keys.shard_lease_prefix`). Every key
+of a mapping carries the hash tag `{<mapping uuid>}`, so the shard keys built from the prefix hash to
+the slot of the declared ones, and each script stays in one Redis Cluster slot.
 
 Time is Redis's own (`TIME`), as in `queue_scripts`: replicas whose clocks drift agree on when a
 lease lapsed. An outage grace applies as there, but only when Redis itself was away: when nobody
-balanced a mapping's leases for longer than the outage limit (its shard clock is stale), the gap
-is Redis's only if Redis restarted meanwhile (its `run_id`, kept beside the shard clock, changed)
-or if nobody renewed any lease at all (`keys.CLOCK`, which every worker's heartbeat advances, is
-stale too). Then every lease gets a fresh period before anyone may take it for a dead owner's,
-so a Redis restart does not shuffle every shard. A gap with Redis there means the mapping's
-replicas were away (a lone replica killed and restarted): their leases lapse on time, and the next
-replica takes them within one lease period of the last renewal. What this cannot see: Redis frozen
-or cut off (not restarted) while a worker, not a poller replica, is first to reach it again; then
-the lapsed leases are taken as a stalled replica's are (fenced; the batches out run again).
+balanced a mapping's leases for longer than the outage limit (its shard clock is stale), the gap is
+Redis's only if Redis restarted meanwhile (its `run_id`, kept beside the shard clock, changed) or if
+the workers of the mapping's function renewed no lease meanwhile either (their clock, `keys.clock`,
+which every heartbeat advances, is stale too: the caller reads it just before, as it lives in the
+function's slot, and passes it in). Then every lease gets a fresh period before anyone may take it
+for a dead owner's, so a Redis restart does not shuffle every shard. A gap with Redis there means
+the mapping's replicas were away (a lone replica killed and restarted): their leases lapse on time,
+and the next replica takes them within one lease period of the last renewal. What this cannot see:
+Redis frozen or cut off (not restarted) while a worker, not a poller replica, is first to reach it
+again; then the lapsed leases are taken as a stalled replica's are (fenced; the batches out run
+again).
 """
 
 from __future__ import annotations
@@ -57,10 +60,10 @@ return added
 )
 
 # KEYS[1] shard set, KEYS[2] replicas zset, KEYS[3] the mapping's shard clock ("<ms> <run_id>" of
-# its last balance), KEYS[4] the worker leases' clock (`keys.CLOCK`, read only: writing it would
-# hide an outage from the worker leases' own grace).
+# its last balance).
 # ARGV: prefix, replica id, ttl ms, outage ms, handoff ms, leaving ('1': take nothing, leave the
-# replica set), then (shard id, iterator age ms) pairs for the shards this replica reads.
+# replica set), the function's worker lease clock (Redis ms, read just before; '' when none), then
+# (shard id, iterator age ms) pairs for the shards this replica reads.
 # Returns {graced, live replicas, eligible shards, owned, handoffs, takes}: owned is a flat list of
 # (shard, token, checkpoint, start), handoffs the owned shards another replica asked for (with the
 # asker), takes (shard, how) with how in unowned | expired | forced.
@@ -79,7 +82,7 @@ local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''  --
 redis.call('SET', KEYS[3], now .. ' ' .. run)
 local function redis_was_away()
   if last_run ~= '' and last_run ~= run then return true end
-  return now - (tonumber(redis.call('GET', KEYS[4])) or 0) > outage  -- none: no witness that Redis was there
+  return now - (tonumber(ARGV[7]) or 0) > outage  -- none: no witness that Redis was there
 end
 if last > 0 and now - last > outage and redis_was_away() then
   for _, replica in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
@@ -95,7 +98,7 @@ end
 if leaving then redis.call('ZREM', KEYS[2], me) else redis.call('ZADD', KEYS[2], now + ttl, me) end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 1)
 local live = math.max(redis.call('ZCARD', KEYS[2]), 1)
-for i = 7, #ARGV, 2 do
+for i = 8, #ARGV, 2 do
   if redis.call('HGET', prefix .. ARGV[i], 'owner') == me then
     redis.call('HSET', prefix .. ARGV[i], 'age_ms', ARGV[i + 1], 'age_at', now)
   end

@@ -96,8 +96,10 @@ class ShardLeases:
         *,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         handoff_seconds: float = 60.0,
+        function_name: str | None = None,
     ) -> None:
         self.redis = redis
+        self.function_name = function_name  # whose workers' lease clock witnesses that Redis was there
         self.mapping_uuid = mapping_uuid
         self.replica_id = replica_id
         self.lease_seconds = lease_seconds
@@ -124,13 +126,13 @@ class ShardLeases:
         ttl_ms = int(self.lease_seconds * 1000)
         arguments: list[Any] = [self._prefix, self.replica_id, ttl_ms, ttl_ms // 2, int(self.handoff_seconds * 1000)]
         arguments.append("1" if leaving else "0")
+        arguments.append(await self._worker_clock())
         for shard_id, age in ages_ms.items():
             arguments += [shard_id, age]
         script_keys = [
             keys.shard_set(self.mapping_uuid),
             keys.shard_replicas(self.mapping_uuid),
             keys.shard_clock(self.mapping_uuid),
-            keys.CLOCK,
         ]
         graced, live, eligible, owned, handoffs, takes = await self._run("BALANCE", script_keys, arguments)
         return Balance(
@@ -141,6 +143,17 @@ class ShardLeases:
             eligible=int(eligible),
             graced=int(graced),
         )
+
+    async def _worker_clock(self) -> str:
+        """The function's worker lease clock (another slot than the mapping's, so read before the
+        balance, not in it); '' when there is none, or no function was named."""
+        if self.function_name is None:
+            return ""
+        try:
+            value = await self.redis.get(keys.clock(self.function_name))
+        except RedisError as error:
+            raise StoreUnavailable(f"shard leases of mapping {self.mapping_uuid}: {error}") from error
+        return "" if value is None else _text(value)
 
     async def checkpoint(self, shard: OwnedShard, sequence: str, *, ended: bool = False) -> bool:
         """Store `sequence` as the shard's checkpoint; False (nothing written) when fenced."""

@@ -20,6 +20,7 @@ from tests.rig import (
 )
 from tests.rig import aws_env as moto_aws_env
 from tests.rig.common import start_or_fail
+from tests.rig.redis_cluster import RedisClusterRig
 
 _AMBIENT_AWS = frozenset({"AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"})
 
@@ -39,6 +40,21 @@ def redis_url(redis_server: RedisServer) -> str:
         start_or_fail(redis_server)
     redis_server.flushall()
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterRig]:
+    """The session's 3-primary Redis Cluster (started by the first test that asks for it)."""
+    cluster = start_or_fail(RedisClusterRig())
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisClusterRig) -> str:
+    """`redis+cluster://` URL of the session cluster, every primary emptied for this test."""
+    redis_cluster.flushall()
+    return redis_cluster.url
 
 
 @pytest.fixture(scope="session")

@@ -266,7 +266,9 @@ class Pool:
 
         def figures() -> metrics.QueueFigures:
             status = queue.status(self.function_names)
-            return metrics.QueueFigures(status.queued, status.running, status.scheduled, queue.quarantine_size())
+            return metrics.QueueFigures(
+                status.queued, status.running, status.scheduled, queue.quarantine_size(self.function_names)
+            )
 
         registry.register(metrics.QueueCollector(figures))
         registry.register(metrics.PoolCollector(lambda: self._restarts))

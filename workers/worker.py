@@ -4,7 +4,8 @@ Shutdown has two phases. `stop()` (SIGTERM) stops claiming; the running invocati
 within the grace period and is completed; jobs claimed ahead are handed back untouched. After
 the grace period the running invocation is cut off and handed back too (it counts as an attempt).
 Calling `stop()` twice is harmless. A background thread renews the lease, promotes due retries
-and recovers the jobs of workers whose lease lapsed.
+and recovers the jobs of workers whose lease lapsed, function by function (each function's keys
+are one slot of a Redis Cluster: see `broker.queue`).
 
 Redis may be away at any moment (restart, failover, out of memory, a partition): every call to it
 is retried with backoff, never allowed to crash the process. Completion is fenced and idempotent
@@ -155,7 +156,7 @@ class Worker:
         """After a lapsed lease, keep only the prefetched claims the processing list still holds
         (the others were handed back and now belong to other workers)."""
         self._lease_lost.clear()
-        held = self._store(lambda: self.queue.held(self.id), "held", until=lambda: self.stopping)
+        held = self._store(lambda: self.queue.held(self.id, self.function_names), "held", until=lambda: self.stopping)
         if held is None:
             return [], False
         kept = [claim for claim in claimed if claim.entry in held]
@@ -192,7 +193,7 @@ class Worker:
     def _quarantine(self, claim: Claim, reason: str) -> None:
         moved = self._store(lambda: self.queue.quarantine(self.id, claim.entry, reason), "quarantine", self._past_grace)
         if moved:
-            metrics.QUARANTINED.labels(keys.split_entry(claim.entry)[0]).inc()
+            metrics.QUARANTINED.labels(keys.function_of_queue(keys.split_entry(claim.entry)[0])).inc()
         else:
             metrics.FENCED.labels("quarantine").inc()
 
@@ -206,9 +207,8 @@ class Worker:
                 log.error(
                     "undecodable job moved to quarantine; see `headwater quarantine list`", function=function_name
                 )
-            if claimed.lease_lost:
+            if claimed.lease_lost:  # for some function: renew; what the other functions gave is ours
                 self._renew_lease()
-                return []
             self._mark_busy(bool(claimed.claims))
             return claimed.claims
 
@@ -274,8 +274,8 @@ class Worker:
 
     def _release_everything(self) -> None:
         try:
-            handed_back = self.queue.hand_back(self.id)
-            self.queue.retire(self.id)
+            handed_back = self.queue.hand_back(self.id, self.function_names)
+            self.queue.retire(self.id, self.function_names)
             if handed_back:
                 log.info("handed back unfinished jobs", count=handed_back)
         except (StoreError, StoreUnavailable) as error:
@@ -290,10 +290,10 @@ class Worker:
         while not self._stopped.wait(HEARTBEAT_SECONDS):
             try:
                 self._renew_lease()
-                self.queue.promote_due()
+                self.queue.promote_due(self.function_names)
                 if time.monotonic() - last_recovery > ttl / 3:
                     last_recovery = time.monotonic()
-                    recovered = self.queue.recover_dead_workers()
+                    recovered = self.queue.recover_dead_workers(self.function_names)
                     if recovered:
                         log.warning("recovered jobs of a dead worker", count=recovered)
             except (StoreError, StoreUnavailable) as error:

@@ -88,7 +88,7 @@ class ApiClient(Client):
             client_context=client_context,
             tail_log=tail_log,
         )
-        invocation = invocation.replace(reply_to=keys.reply(invocation.request_id))
+        invocation = invocation.replace(reply_to=keys.reply(invocation.function_name, invocation.request_id))
         self._enqueue(invocation)
         return invocation
 

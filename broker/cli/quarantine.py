@@ -78,7 +78,7 @@ def _action(verb: str) -> Command:
             job = listed.get(job_id)
             if verb == "requeue" and job is not None and not job.has_data:
                 skipped["no data to requeue, drop it instead"].append(job_id)
-            elif action(job_id):
+            elif job is not None and action(job.function_name, job_id):
                 print(f"{PAST_TENSE[verb]} {job_id} ({job.function_name if job else 'function unknown'})")
             else:
                 skipped["not in quarantine"].append(job_id)

@@ -187,7 +187,8 @@ class FaultStack:
 
     def worker_ids(self) -> set[str]:
         with self.redis() as redis:
-            return {member.decode() for member in redis.zrange("headwater:workers", 0, -1)}
+            leases = redis.scan_iter("headwater:workers:{*}")  # one lease set per function served
+            return {member.decode() for key in leases for member in redis.zrange(key, 0, -1)}
 
     def pool_deaths(self) -> int:
         """Worker processes the pools had to restart (a crash loop shows here)."""
@@ -208,20 +209,21 @@ class FaultStack:
 
     def queued_job_ids(self, function_name: str) -> list[str]:
         with self.redis() as redis:
-            return [job_id.decode() for job_id in redis.lrange(f"rq:queue:headwater.{function_name}", 0, -1)]
+            return [job_id.decode() for job_id in redis.lrange(f"rq:queue:headwater.{{{function_name}}}", 0, -1)]
 
     def delete_job(self, function_name: str, job_id: str) -> None:
         """Make a queued job vanish (its hash and its queue entry), as a flush or a lost failover would."""
         with self.redis() as redis:
             redis.delete(f"rq:job:{job_id}")
-            redis.lrem(f"rq:queue:headwater.{function_name}", 0, job_id)
+            redis.lrem(f"rq:queue:headwater.{{{function_name}}}", 0, job_id)
 
     def pending(self) -> int:
         """Jobs anywhere in Redis: function queues, processing lists, the retry schedule."""
         with self.redis() as redis:
             queued = sum(int(redis.llen(key)) for key in redis.scan_iter("rq:queue:headwater.*"))
             held = sum(int(redis.llen(key)) for key in redis.scan_iter("headwater:processing:*"))
-            return queued + held + int(redis.zcard("headwater:scheduled"))
+            scheduled = sum(int(redis.zcard(key)) for key in redis.scan_iter("headwater:scheduled:*"))
+            return queued + held + scheduled
 
     async def settled(self, accepted: list[str], within: float) -> Tally:
         """Wait until every accepted id finished a run and Redis holds no more work, or `within`

@@ -100,7 +100,8 @@ async def _proxied_pool_back_at_work(stack: ProxiedStack, within: float) -> None
     def live() -> bool:
         with stack.redis() as redis:
             now_ms = int(redis.time()[0]) * 1000
-            leases = [redis.zscore("headwater:workers", worker) for worker in stack.proxied_worker_ids]
+            lease_sets = list(redis.scan_iter("headwater:workers:{*}"))  # one per function: each must be renewed
+            leases = [redis.zscore(key, worker) for key in lease_sets for worker in stack.proxied_worker_ids]
         return all(lease is not None and lease > now_ms for lease in leases)
 
     await eventually(live, within, lambda: f"a worker behind the proxy never renewed its lease\n{stack.logs()}")

@@ -3,9 +3,9 @@
 does not know). The first two go to quarantine with their reason and stop nothing else; the
 third runs; every good job on both functions runs; no worker process restarts.
 
-Jobs are written the way rq stores them (broker/queue.py): the hash `rq:job:<id>` whose field
+Jobs are written the way rq stores them (broker/queue.py): the hash `rq:job:{<function>}:<id>` whose field
 `data` is zlib(JSON [func, None, [invocation dict], {}]), its id on the list
-`rq:queue:headwater.<function>`.
+`rq:queue:headwater.{<function>}`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ GOOD_PER_FUNCTION = 15
 
 
 def _queue_key(function_name: str) -> str:
-    return f"rq:queue:headwater.{function_name}"
+    return f"rq:queue:headwater.{{{function_name}}}"
 
 
 def push_missing_hash(redis: Redis, function_name: str) -> str:
@@ -38,7 +38,8 @@ def push_missing_hash(redis: Redis, function_name: str) -> str:
 def push_garbage_data(redis: Redis, function_name: str) -> str:
     """A job hash whose `data` is not zlib at all (written by another tool, or corrupted)."""
     job_id = str(uuid.uuid4())
-    redis.hset(f"rq:job:{job_id}", mapping={"data": b"\x00not zlib at all\xff", "origin": f"headwater.{function_name}"})
+    origin = f"headwater.{{{function_name}}}"
+    redis.hset(f"rq:job:{job_id}", mapping={"data": b"\x00not zlib at all\xff", "origin": origin})
     redis.rpush(_queue_key(function_name), job_id)
     return job_id
 

@@ -28,7 +28,7 @@ def _kill_when_recovery_begins(stack: FaultStack, recoverer: ManagedProcess, dea
     deadline = time.monotonic() + HEARTBEAT_TTL_SECONDS + 30
     with stack.redis() as redis:
         while time.monotonic() < deadline and recoverer.running:
-            scores = redis.zmscore("headwater:workers", sorted(dead))
+            scores = redis.zmscore("headwater:workers:{slow}", sorted(dead))
             if any(score is None for score in scores):
                 recoverer.kill()
                 return True

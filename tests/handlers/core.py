@@ -12,13 +12,15 @@ from typing import Any
 
 from redis import Redis
 
+from broker import connection
+
 COLD_START_MARK = time.time()  # module level: runs once per INIT
 
 
 @functools.cache
 def _client() -> Redis:
     """One connection per warm environment, as a real handler would keep it."""
-    return Redis.from_url(os.environ["TEST_REDIS_URL"])
+    return connection.connect(os.environ["TEST_REDIS_URL"])  # a single Redis or a cluster (tests/cluster)
 
 
 def _note(list_name: str, event: Any, context: Any, **extra: Any) -> None:

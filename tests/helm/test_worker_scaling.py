@@ -72,7 +72,7 @@ def test_keda_reads_the_queues_of_the_pool_and_scales_to_zero() -> None:
     (trigger,) = scaled["triggers"]
     assert trigger["type"] == "redis"
     # The very list the workers pop from (broker/keys.py), not a metric the workers export.
-    assert trigger["metadata"]["listName"] == keys.RQ_QUEUE_KEY_PREFIX + keys.queue_name("report")
+    assert trigger["metadata"]["listName"] == keys.queue_key("report")
     assert trigger["metadata"]["address"] == f"{RELEASE}-headwater-redis.hw.svc:6379"
     assert trigger["metadata"]["listLength"] == "5"
     assert trigger["metadata"]["activationListLength"] == "1"
@@ -92,7 +92,10 @@ def test_the_default_pool_scales_every_function_with_keda() -> None:
     deployment = find(docs, "Deployment", WORKER)
     assert "--functions" not in containers(deployment)["worker"]["args"]
     triggers = find(docs, "ScaledObject", WORKER)["spec"]["triggers"]
-    assert [t["metadata"]["listName"] for t in triggers] == ["rq:queue:headwater.hello", "rq:queue:headwater.report"]
+    assert [t["metadata"]["listName"] for t in triggers] == [
+        "rq:queue:headwater.{hello}",
+        "rq:queue:headwater.{report}",
+    ]
     assert "HorizontalPodAutoscaler" not in {d["kind"] for d in docs}
 
 

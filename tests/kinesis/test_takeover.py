@@ -1,7 +1,8 @@
 """A lone poller replica SIGKILLed and restarted: its shards are read again within one lease period.
 
 After the kill nothing renews the mapping's shard leases, but Redis itself stays up (the worker
-pool keeps renewing its own leases, so `headwater:clock` advances). The replacement must not take
+pool of the mapping's function keeps renewing its own leases, so `headwater:clock:{<function>}`
+advances). The replacement must not take
 the gap for a Redis outage: a grace period would give every lease a fresh period first, and the
 takeover would cost two lease periods instead of one. A real Redis restart still grants the grace,
 even when a worker reached the restarted Redis before any poller replica did.
@@ -26,6 +27,7 @@ from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
 MAPPING = "5d1f3c2a-8a43-4a52-9d0e-3e6c1f0b7a21"
+STORE_FUNCTION = "recorder"  # the store tests' mapping's function, whose workers' clock witnesses Redis
 STORE_LEASE_SECONDS = 0.3
 SHARDS = 2
 # A replica balances every third of a lease, so a lapsed lease waits up to that long to be taken
@@ -79,7 +81,9 @@ async def redis(redis_url: str) -> AsyncIterator[redis_async.Redis]:
 
 
 def replica(redis: redis_async.Redis, name: str) -> ShardLeases:
-    return ShardLeases(redis, MAPPING, name, lease_seconds=STORE_LEASE_SECONDS, handoff_seconds=30.0)
+    return ShardLeases(
+        redis, MAPPING, name, lease_seconds=STORE_LEASE_SECONDS, handoff_seconds=30.0, function_name=STORE_FUNCTION
+    )
 
 
 async def test_while_workers_renew_their_leases_a_silent_mappings_leases_lapse_on_time(
@@ -91,11 +95,11 @@ async def test_while_workers_renew_their_leases_a_silent_mappings_leases_lapse_o
     [held] = (await dead.balance({})).owned.values()
 
     def lapsed() -> bool:
-        workers.heartbeat("worker-1")  # Redis is there all along: a worker renews its own lease
+        workers.heartbeat("worker-1", [STORE_FUNCTION])  # Redis is there all along: a worker renews its own lease
         return _lapsed(workers.redis)
 
     await eventually(lapsed, 5, lambda: "the dead replica's lease lapsing")
-    workers.heartbeat("worker-1")
+    workers.heartbeat("worker-1", [STORE_FUNCTION])
     taken = await successor.balance({})
     assert taken.graced == 0, "a replica's silence is not a Redis outage"
     assert taken.takes == {"shard-0": "expired"}
@@ -112,7 +116,7 @@ async def test_a_redis_restart_grants_the_grace_even_when_a_worker_is_back_first
     await redis.connection_pool.disconnect()  # its connections went with the old process
     workers = InvocationQueue(Redis.from_url(redis_url))
     await eventually(lambda: _lapsed(workers.redis), 5, lambda: "the lease lapsing")  # reads only: Redis stays away
-    workers.heartbeat("worker-1")  # the first to reach the restarted Redis: its clock is fresh again
+    workers.heartbeat("worker-1", [STORE_FUNCTION])  # the first to reach the restarted Redis: its clock is fresh again
     back = await other.balance({})
     assert back.graced == 1, "Redis restarted: every lease gets a fresh period"
     assert back.owned == {}, "a lease that lapsed while Redis was away is not taken"

@@ -191,7 +191,7 @@ def load(stack: Stack, sqs: Any, queue_url: str, stream: str) -> None:
     """A little of everything: sync and async invocations, SQS and Kinesis records, failures, a poison job."""
     client = stack.client
     kinesis = boto3.client("kinesis", region_name="us-east-1")
-    stack.wait_for(lambda: stack.redis.zcard(keys.WORKERS) >= 2)
+    stack.wait_for(lambda: stack.redis.zcard(keys.workers("orders")) >= 2)
     for n in range(5):
         client.invoke("orders", {"n": n})
         client.invoke("orders", {"n": n}, InvocationType.EVENT)
@@ -199,10 +199,11 @@ def load(stack: Stack, sqs: Any, queue_url: str, stream: str) -> None:
         kinesis.put_record(StreamName=stream, Data=json.dumps({"n": n}).encode(), PartitionKey="p")
     client.invoke("failing", {"n": 0}, InvocationType.EVENT)
     # A poison job, written whole before it is queued (a worker must never see it half made).
-    stack.redis.hset(keys.RQ_JOB_KEY_PREFIX + "poison", "data", b"not zlib")
-    stack.redis.rpush(keys.RQ_QUEUE_KEY_PREFIX + keys.queue_name("failing"), "poison")
+    poison = keys.job_id("failing")
+    stack.redis.hset(keys.job(poison), "data", b"not zlib")
+    stack.redis.rpush(keys.queue_key("failing"), poison)
     stack.redis.lpush(keys.wake(keys.queue_name("failing")), "1")
-    stack.wait_for(lambda: stack.redis.hlen(keys.QUARANTINE) == 1)
+    stack.wait_for(lambda: stack.redis.hlen(keys.quarantine("failing")) == 1)
     # 10 direct invocations, at least one SQS and one Kinesis batch, and the failing event's 3 tries.
     stack.wait_for(lambda: len(stack.noted("calls")) >= 10 + 1 + 1 + 3, timeout=40)
 

@@ -52,7 +52,7 @@ def with_mappings(stack: Stack) -> None:
 def poison(stack: Stack) -> str:
     """A job of `poisoned` whose data is not rq's: the first worker to claim it quarantines it."""
     job_id = InvocationQueue(stack.redis).enqueue(Invocation("poisoned", "{}", InvocationType.EVENT, trigger="async"))
-    stack.redis.hset(keys.RQ_JOB_KEY_PREFIX + job_id, "data", b"not zlib")
+    stack.redis.hset(keys.job(job_id), "data", b"not zlib")
     return job_id
 
 
@@ -69,7 +69,9 @@ def test_status_counts_every_place_a_job_can_be_and_each_mappings_state(make_sta
     stack.start_pool(processes=1)
     client = stack.client
     client.invoke("failing", {"n": 1}, InvocationType.EVENT)
-    stack.wait_for(lambda: stack.redis.zcard(keys.SCHEDULED) == 1 and stack.redis.hlen(keys.QUARANTINE) == 1)
+    stack.wait_for(
+        lambda: stack.redis.zcard(keys.scheduled("failing")) == 1 and stack.redis.hlen(keys.quarantine("poisoned")) == 1
+    )
     for n in range(3):
         client.invoke("slow", {"seconds": 20, "n": n}, InvocationType.EVENT)
     stack.wait_for(lambda: stack.noted("started"))

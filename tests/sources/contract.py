@@ -27,6 +27,7 @@ import pytest
 import yaml
 from redis import Redis
 
+from broker import keys
 from broker.supervisor import Supervisor
 from tests.rig.common import ManagedProcess, make_workdir, remove_workdir
 from tests.rig.redis import reply_text
@@ -325,7 +326,7 @@ def session_worker_pool(
     pool.start()
     redis = Redis.from_url(redis_url)
     deadline = time.monotonic() + 30
-    while redis.zcard("headwater:workers") < processes:
+    while redis.zcard(keys.workers(served[0]["FunctionName"])) < processes:
         if time.monotonic() > deadline or not pool.running:
             pytest.fail(f"the worker pool did not start:\n{pool.describe_log()}", pytrace=False)
         time.sleep(0.05)

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from redis import Redis
 
+from broker import connection
 from broker.client import Client
 from broker.config import Config, load_config
 from tests.waiting import stop_processes
@@ -35,7 +36,7 @@ class Stack:
     _log_files: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.redis = Redis.from_url(self.redis_url)
+        self.redis = connection.connect(self.redis_url)  # a single Redis, or a cluster (tests/cluster)
 
     @property
     def config(self) -> Config:
@@ -62,7 +63,8 @@ class Stack:
         """The registered workers of this stack's pools (or of one): other suites' session-wide pools
         may share the session Redis, and their workers must not count here."""
         parents = {pool.pid} if pool is not None else {running.pid for running in self.running_pools()}
-        members = cast(list[bytes], self.redis.zrange("headwater:workers", 0, -1))  # a client that does not decode
+        lease_sets = self.redis.scan_iter("headwater:workers:{*}")  # one per function served
+        members = {m for key in lease_sets for m in cast(list[bytes], self.redis.zrange(key, 0, -1))}  # not decoded
         registered = [int(member.decode().split(":")[1]) for member in members]
         return [pid for pid in registered if _parent_of(pid) in parents]
 
@@ -108,6 +110,11 @@ def write_config(path: Path, functions: list[dict[str, Any]], settings: dict[str
 @pytest.fixture
 def make_stack(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
     """Build a Stack for the given functions; every function gets TEST_REDIS_URL in its environment."""
+    yield from stacks_on(redis_url, tmp_path)
+
+
+def stacks_on(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+    """`make_stack`'s body, for any Redis URL (tests/cluster passes a `redis+cluster://` one)."""
     stacks: list[Stack] = []
 
     def make(functions: list[dict[str, Any]], settings: dict[str, Any] | None = None) -> Stack:

@@ -62,9 +62,9 @@ def poison_jobs(redis: Redis) -> dict[str, str]:
         what: queue.enqueue(Invocation("resize", "{}", InvocationType.EVENT, trigger="async"))
         for what in ("garbled", "missing")
     }
-    redis.hset(keys.RQ_JOB_KEY_PREFIX + ids["garbled"], "data", b"not zlib")
-    redis.delete(keys.RQ_JOB_KEY_PREFIX + ids["missing"])
-    queue.heartbeat("cli-test")
+    redis.hset(keys.job(ids["garbled"]), "data", b"not zlib")
+    redis.delete(keys.job(ids["missing"]))
+    queue.heartbeat("cli-test", ["resize"])
     assert queue.claim("cli-test", ["resize"], max_jobs=10).claims == []
     assert len(queue.quarantined()) == 2
     return ids
@@ -102,7 +102,7 @@ def test_quarantine_requeue_puts_a_job_back_and_names_the_ones_it_could_not(redi
         "headwater: not in quarantine: no-such-job",
         f"headwater: no data to requeue, drop it instead: {ids['missing']}",
     ]
-    assert queue.job_pending(ids["garbled"])
+    assert queue.job_pending("resize", ids["garbled"])
     assert queue.depth("resize") == 1
     assert [job.job_id for job in queue.quarantined()] == [ids["missing"]]
 
@@ -115,7 +115,7 @@ def test_quarantine_drop_all_forgets_every_quarantined_job(redis_url: str, redis
     assert answer.returncode == 0, answer.stderr
     assert sorted(answer.stdout.splitlines()) == sorted(f"dropped {job_id} (resize)" for job_id in ids.values())
     assert InvocationQueue(redis).quarantined() == []
-    assert not redis.exists(keys.RQ_JOB_KEY_PREFIX + ids["garbled"])
+    assert not redis.exists(keys.job(ids["garbled"]))
     assert headwater("quarantine", "drop", "--all", redis_url=redis_url).stdout == "no jobs in quarantine\n"
 
 

@@ -25,17 +25,22 @@ def redis(redis_url: str) -> Iterator[Redis]:
 
 
 def store_as_the_previous_release_did(redis: Redis, invocation: Invocation) -> str:
-    """A real rq job with all of rq's metadata, zlib level 6: what jobs queued before the upgrade look like."""
+    """A real rq job with all of rq's metadata, zlib level 6: what jobs queued before the upgrade look like
+    (under today's key layout: an id that carries the function's hash tag)."""
     queue_name = keys.queue_name(invocation.function_name)
     job = Queue(queue_name, connection=redis, serializer=JSONSerializer).create_job(
-        "workers.invoke.run", args=[invocation.to_wire()], result_ttl=0, timeout=-1
+        "workers.invoke.run",
+        args=[invocation.to_wire()],
+        result_ttl=0,
+        timeout=-1,
+        job_id=keys.job_id(invocation.function_name),
     )
     job.origin = queue_name
     fields = {
         name: value if isinstance(value, bytes | int | float) else str(value) for name, value in job.to_dict().items()
     }
-    redis.hset(keys.RQ_JOB_KEY_PREFIX + job.id, mapping=fields)
-    redis.rpush(keys.RQ_QUEUE_KEY_PREFIX + queue_name, job.id)
+    redis.hset(keys.job(job.id), mapping=fields)
+    redis.rpush(keys.queue_key(invocation.function_name), job.id)
     return str(job.id)
 
 
@@ -47,14 +52,14 @@ def test_a_job_queued_by_the_previous_release_runs_and_leaves_nothing_behind(red
     queue = InvocationQueue(redis)
     sent = Invocation("f", '{"before": "upgrade"}', InvocationType.EVENT, trigger="async", invoke_count=1)
     job_id = store_as_the_previous_release_did(redis, sent)
-    queue.heartbeat("a")
+    queue.heartbeat("a", ["f"])
 
     [claim] = queue.claim("a", ["f"], 4).claims
 
     assert claim.job_id == job_id
     assert claim.invocation == sent
     assert queue.complete("a", claim).applied
-    assert not redis.exists(keys.RQ_JOB_KEY_PREFIX + job_id)
+    assert not redis.exists(keys.job(job_id))
 
 
 def test_every_invocation_field_survives_the_round_trip() -> None:

@@ -15,6 +15,7 @@ import pytest
 import rq
 import rq.job
 from redis import Redis
+from redis.crc import key_slot
 
 from broker import keys, queue_scripts, shard_lease_scripts
 from broker.invocation import Invocation, InvocationType
@@ -65,21 +66,62 @@ def redis(redis_url: str) -> Iterator[Redis]:
 
 
 def test_the_scripts_write_the_keys_rq_and_keda_read(redis: Redis) -> None:
-    """Spelled out on purpose: the Helm chart's KEDA trigger and rq's tools name these very keys."""
+    """Spelled out on purpose: the Helm chart's KEDA trigger and rq's tools name these very keys, and
+    every key of one function carries its hash tag `{f}` (one Redis Cluster slot)."""
     queue = InvocationQueue(redis)
     now = queue.enqueue(Invocation("f", "{}", InvocationType.EVENT, trigger="async"))
     later = queue.enqueue(Invocation("f", "{}", InvocationType.EVENT, trigger="async"), delay_seconds=60.0)
 
-    assert [reply_text(job) for job in redis.lrange("rq:queue:headwater.f", 0, -1)] == [now]
-    assert {reply_text(name) for name in redis.smembers("rq:queues")} == {"rq:queue:headwater.f"}
+    assert keys.slot(f"rq:job:{now}") == keys.slot("rq:queue:headwater.{f}")  # the job hashes with its queue
+    assert [reply_text(job) for job in redis.lrange("rq:queue:headwater.{f}", 0, -1)] == [now]
+    assert {reply_text(name) for name in redis.smembers("rq:queues")} == {"rq:queue:headwater.{f}"}
     assert redis.hexists(f"rq:job:{now}", "data")
     assert redis.hexists(f"rq:job:{later}", "data")
-    assert redis.llen("headwater:wake:headwater.f") == 1
-    assert redis.zcard("headwater:scheduled") == 1
-    assert redis.zscore("headwater:scheduled", f"headwater.f\t{later}") is not None
+    assert redis.llen("headwater:wake:headwater.{f}") == 1
+    assert redis.zscore("headwater:scheduled:{f}", f"headwater.{{f}}\t{later}") is not None
 
-    queue.heartbeat("w")
+    queue.heartbeat("w", ["f"])
+    assert redis.zscore("headwater:workers:{f}", "w") is not None
+    assert redis.exists("headwater:clock:{f}")
     [claim] = queue.claim("w", ["f"], 1).claims
+    assert redis.lrange("headwater:processing:{f}:w", 0, -1) == [claim.entry.encode()]
     assert redis.hget(f"rq:job:{now}", "headwater_starts") == b"1"
     assert queue.complete("w", claim).applied
     assert not redis.exists(f"rq:job:{now}")
+
+
+def test_job_ids_are_rqs_and_hash_to_their_functions_slot() -> None:
+    """rq's tools fetch jobs by id and accept only letters, digits, `_` and `-`; the cluster needs
+    `rq:job:<id>` in the slot of the function's queue. Every slot can be reached."""
+    for function in ("f", "resize", "orders-eu_1"):
+        job_id = keys.job_id(function)
+        assert rq.job.JOB_ID_PATTERN.fullmatch(job_id), job_id
+        assert (
+            keys.slot(keys.job(job_id))
+            == keys.slot(keys.queue_key(function))
+            == key_slot(keys.queue_key(function).encode())
+        )
+    assert len(keys._slot_suffixes()) == 16384  # the table covers every slot
+
+
+def test_every_key_of_a_function_or_a_mapping_shares_its_hash_tag() -> None:
+    """The layout's promise to a Redis Cluster, checked on every builder that takes a function name."""
+    of_function = [
+        keys.queue_key("f"),
+        keys.wake(keys.queue_name("f")),
+        keys.processing("f", "w"),
+        keys.scheduled("f"),
+        keys.workers("f"),
+        keys.clock("f"),
+        keys.quarantine("f"),
+        keys.concurrency("f"),
+        keys.reply("f", "r"),
+    ]
+    of_mapping = [keys.shard_lease("m", "s"), keys.shard_set("m"), keys.shard_replicas("m"), keys.shard_clock("m")]
+    assert [hash_tag(key) for key in of_function] == ["f"] * len(of_function)
+    assert [hash_tag(key) for key in [*of_mapping, keys.mapping_state("m")]] == ["m"] * (len(of_mapping) + 1)
+
+
+def hash_tag(key: str) -> str:
+    """What Redis Cluster hashes: the text between the first `{` and the next `}`."""
+    return key[key.index("{") + 1 : key.index("}", key.index("{"))]

@@ -125,7 +125,12 @@ class ShardedSource(Source):
             log.warning("TumblingWindowInSeconds keeps one state per shard: ParallelizationFactor is not applied")
         handoff = self.context.function_timeout_seconds + HANDOFF_MARGIN_SECONDS
         leases = ShardLeases(
-            redis, self.mapping.uuid, self.replica_id, lease_seconds=self.lease_seconds, handoff_seconds=handoff
+            redis,
+            self.mapping.uuid,
+            self.replica_id,
+            lease_seconds=self.lease_seconds,
+            handoff_seconds=handoff,
+            function_name=self.mapping.function_name,
         )
         pace = ReadPace(self.idle_poll_seconds, self.busy_poll_seconds, self.read_limit)
         self.ownership = ShardOwnership(self.mapping, leases, self, pace)
