@@ -133,7 +133,7 @@ class ShardedStreamHarness:
 
     def mapping_uuid(self) -> str | None:
         members = [key.decode() for key in self.redis.scan_iter(match=f"{keys.PREFIX}:shards:*")]
-        return members[0].rsplit(":", 1)[1] if members else None
+        return members[0].rsplit(":", 1)[1].strip("{}") if members else None  # headwater:shards:{<uuid>}
 
 
 @dataclass
