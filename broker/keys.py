@@ -194,3 +194,41 @@ def shard_clock(uuid: str) -> str:
     balance grants an outage grace only if Redis also restarted (another run id) or the clock of the
     mapping's function's worker leases (`clock`, read by the caller and passed in) went stale too."""
     return f"{PREFIX}:shard-clock:{tag(uuid)}"
+
+
+# -- the layout before hash tags (single Redis only): read once by `broker.layout_migration` ----------
+class PreviousLayout:
+    """Keys as releases before the Redis Cluster layout wrote them, so an upgrade can carry their
+    data over (`broker.layout_migration`). Nothing else reads or writes them."""
+
+    SCHEDULED = f"{PREFIX}:scheduled"
+    WORKERS = f"{PREFIX}:workers"
+    WORKER_FUNCTIONS = f"{PREFIX}:worker-functions"
+    QUARANTINE = f"{PREFIX}:quarantine"
+    PROCESSING_PREFIX = f"{PREFIX}:processing:"
+    SHARDS_PREFIX = f"{PREFIX}:shards:"
+    CONFIG = (  # (then, now)
+        (f"{PREFIX}:mappings", MAPPINGS),
+        (f"{PREFIX}:mappings:generation", MAPPINGS_GENERATION),
+        (f"{PREFIX}:function-concurrency", FUNCTION_CONCURRENCY),
+        (f"{PREFIX}:function-event-invoke-config", FUNCTION_EVENT_INVOKE_CONFIG),
+        (f"{PREFIX}:function-overrides:generation", FUNCTION_OVERRIDES_GENERATION),
+    )
+
+    @staticmethod
+    def queue_name(function_name: str) -> str:
+        return f"{QUEUE_PREFIX}{function_name}"
+
+    @staticmethod
+    def mapping_keys(uuid: str) -> dict[str, str]:
+        """A mapping's keys then and now (its shard leases apart: they are named by the shard set)."""
+        return {
+            f"{PREFIX}:shards:{uuid}": shard_set(uuid),
+            f"{PREFIX}:shard-replicas:{uuid}": shard_replicas(uuid),
+            f"{PREFIX}:shard-clock:{uuid}": shard_clock(uuid),
+            f"{PREFIX}:mapping:{uuid}": mapping_state(uuid),
+        }
+
+    @staticmethod
+    def shard_lease(uuid: str, shard_id: str) -> str:
+        return f"{SHARD_PREFIX}{uuid}:{shard_id}"

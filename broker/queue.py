@@ -408,7 +408,8 @@ class InvocationQueue(QueueInspection):
                 )
             arguments += self._job_arguments(invocation, delay)[1]
         if reply is not None:
-            if keys.tag(function) not in reply[0]:
+            # a caller of the previous release names an untagged key: fine on one Redis, not on a cluster
+            if keys.tag(function) not in reply[0] and is_cluster(self.redis):
                 raise CrossFunctionFollowupError(f"a completion of {function} cannot write the reply key {reply[0]}")
             arguments += ["reply", reply[0], reply[1].to_wire(), REPLY_TTL_SECONDS]
         complete_keys = [keys.processing(function, worker_id), keys.scheduled(function)]

@@ -38,6 +38,7 @@ from broker.config import Config, load_config
 from broker.connection import StoreError
 from broker.destinations.base import DeliveryContext
 from broker.errors import ConfigError
+from broker.layout_migration import migrate_previous_layout
 from broker.logs import get_logger
 from broker.mapping import EventSourceMapping
 from broker.mapping_runner import MappingRunner, Services
@@ -90,6 +91,10 @@ class Supervisor:
         metrics.declare_build()
         server = metrics.serve(metrics_port, REGISTRY, self.healthy) if metrics_port is not None else None
         services, queue = self._open(config)
+        try:
+            migrate_previous_layout(queue.redis)  # before any shard lease or stored mapping is read
+        except StoreError as error:  # Redis away at start: the workers carry the jobs over; checkpoints wait
+            log.error("could not move the previous key layout's data", error=str(error))
         self._store = MappingStore(queue.redis)
         try:
             async with asyncio.TaskGroup() as group:

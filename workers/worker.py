@@ -33,6 +33,7 @@ from broker.connection import StoreError
 from broker.errors import StoreUnavailable
 from broker.function_overrides import FunctionOverrides, OverridesView
 from broker.invocation import InvocationType
+from broker.layout_migration import carry_over_jobs, migrate_previous_layout
 from broker.logs import get_logger
 from broker.queue import Claim, InvocationQueue
 from workers.delivery import Deliveries
@@ -117,6 +118,7 @@ class Worker:
             for f in self.config.functions
             if f.function_name in self.function_names
         )
+        self._store(lambda: migrate_previous_layout(self.redis), "migrate", until=lambda: self.stopping)
         if self._store(self._renew_lease, "register", until=lambda: self.stopping) is None:
             self._runtime.close()
             self._deliveries.close()
@@ -293,6 +295,7 @@ class Worker:
                 self.queue.promote_due(self.function_names)
                 if time.monotonic() - last_recovery > ttl / 3:
                     last_recovery = time.monotonic()
+                    carry_over_jobs(self.redis, self.function_names)  # an old producer's jobs (rolling upgrade)
                     recovered = self.queue.recover_dead_workers(self.function_names)
                     if recovered:
                         log.warning("recovered jobs of a dead worker", count=recovered)

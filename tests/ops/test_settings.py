@@ -60,7 +60,7 @@ def test_an_invalid_variable_is_a_settings_error_naming_it_without_its_secret(mo
 
     assert isinstance(raised.value, ConfigError)
     assert raised.value.problems == [
-        "HEADWATER_REDIS_URL: must be a Redis URL (one of redis://, rediss://, unix://, redis+sentinel://)",
+        "HEADWATER_REDIS_URL: must be a Redis URL (one of redis://, rediss://, unix://, redis+sentinel://, redis+cluster://)",
         "HEADWATER_SHARD_LEASE_SECONDS: Input should be greater than 0 (got '-1')",
     ]
     assert "\n" not in raised.value.message
