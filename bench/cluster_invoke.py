@@ -31,7 +31,7 @@ from tests.rig.redis_cluster import RedisClusterRig
 
 FUNCTIONS = ("alpha", "delta", "beta")
 BATCH = 200
-POLL_SECONDS = 0.005
+POLL_SECONDS = 0.05  # the status read is 3 round trips: polled often, it would compete with the workers
 
 
 def fill(queue: InvocationQueue, events: int) -> None:
