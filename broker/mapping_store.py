@@ -150,7 +150,7 @@ class MappingStore:
         """Read every record, let `apply` compute the new set (None: no change), and write the
         difference with the generation bump, retrying if another writer got in first."""
         while True:
-            with self.redis.pipeline() as pipe:
+            with self.redis.pipeline(transaction=True) as pipe:  # explicit: a cluster pipeline defaults to none
                 try:
                     pipe.watch(keys.MAPPINGS)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
                     current = self.load()
