@@ -258,17 +258,23 @@ async def test_a_mapping_turned_off_by_reload_stops_once_in_flight_batches_settl
     await harness.create()
     ns = stack.namespace()
     running = harness.mapping()
-    supervisor = await stack.start_poller([running])
+    # A second mapping the same poller keeps reading: its messages, run one after another, show the
+    # poller polled on while the turned-off mapping's message stayed where it was.
+    witness_url, witness_arn = await harness.new_queue(f"witness-{ns}", {})
+    witness = {"FunctionName": "recorder", "EventSourceArn": witness_arn}
+    supervisor = await stack.start_poller([running, witness])
     await harness.send(bodies(ns, 1, m1={"block": True}))
     await stack.wait_for(lambda: stack.started(ns), what="a batch in flight")
-    stack.write_config([{**running, "Enabled": False}])
+    stack.write_config([{**running, "Enabled": False}, witness])
     supervisor.reload()
     await stack.wait_for(lambda: state(stack, running).get("State") == "Disabling", what="Disabling")
     stack.release(ns)
     await stack.wait_for(lambda: state(stack, running).get("State") == "Disabled", what="Disabled once settled")
     assert await harness.unacknowledged() == 0, "the in-flight batch settled before the poller stopped"
     await harness.send(bodies(ns, 1, prefix="after"))
-    await asyncio.sleep(1)  # long enough for a running poller to take it
+    for n in range(2):
+        await harness.client.send_message(QueueUrl=witness_url, MessageBody=json.dumps({"ns": ns, "id": f"w{n}"}))
+        await stack.wait_for(lambda: _is(harness.unacknowledged(witness_url), 0), what=f"witness {n} run")
     assert await harness.unacknowledged() == 1, "no longer polled"
     shown = (await _mappings_cli(stack))[uuid_of(running)]
     assert (shown["State"], shown["StateTransitionReason"], shown["EventSourceArn"]) == (
