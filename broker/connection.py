@@ -48,6 +48,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import (
     BusyLoadingError,
     MasterDownError,
+    NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
     RedisError,
@@ -75,6 +76,7 @@ StoreConnectionError = RedisConnectionError
 StoreTimeoutError = RedisTimeoutError
 StoreOutOfMemoryError = OutOfMemoryError
 StoreReadOnlyError = ReadOnlyError
+StoreScriptMissing = NoScriptError  # Redis lost its scripts (a restart): nothing of that call was written
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,7 @@ class InvocationQueue(QueueInspection):
         """Store the invocation as a job (with a delay it waits in the schedule); return its id.
 
         In durable mode this returns only once `durable_replicas` replicas hold the job."""
-        job_id, arguments = self._job_arguments(invocation, delay_seconds)
+        job_id, arguments = job_arguments(invocation, delay_seconds)
         if not self.durable_replicas:
             self._run("ENQUEUE", JOB_WRITE_KEYS, arguments)
             return job_id
@@ -162,7 +162,7 @@ class InvocationQueue(QueueInspection):
         if self.durable_replicas:
             self.enqueue(invocation)
             return self.pop_reply(invocation.reply_to, timeout_seconds)
-        arguments = self._job_arguments(invocation, 0.0)[1]
+        arguments = job_arguments(invocation, 0.0)[1]
         pipe = self.redis.pipeline(transaction=False)
         self._send(pipe, "ENQUEUE", JOB_WRITE_KEYS, arguments)
         pipe.blpop([invocation.reply_to], timeout=timeout_seconds)
@@ -185,7 +185,7 @@ class InvocationQueue(QueueInspection):
         the connection itself raises, and any of them may have been stored. In durable mode one WAIT,
         sent on the pipeline's own connection after the writes, covers them all; too few replicas makes
         every stored one a `StoreUnavailable`, as `enqueue` would."""
-        prepared = [self._job_arguments(invocation, 0.0) for invocation in invocations]
+        prepared = [job_arguments(invocation, 0.0) for invocation in invocations]
         if not prepared:
             return []
         answers, acknowledged = self._enqueue_pipeline([arguments for _, arguments in prepared])
@@ -300,7 +300,7 @@ class InvocationQueue(QueueInspection):
         next prefetched job started. Safe to retry: a second application finds the claim gone."""
         arguments: list[str | bytes | int | float] = [finished.entry, next_claim.entry if next_claim else ""]
         for invocation, delay in enqueue or ():
-            arguments += self._job_arguments(invocation, delay)[1]
+            arguments += job_arguments(invocation, delay)[1]
         if reply is not None:
             arguments += ["reply", reply[0], reply[1].to_wire(), REPLY_TTL_SECONDS]
         complete_keys = [keys.processing(worker_id), *JOB_WRITE_KEYS]
@@ -358,10 +358,7 @@ class InvocationQueue(QueueInspection):
         return ttl_ms, ttl_ms // 2, ttl_ms
 
     def _too_few_replicas(self, job_id: str, acknowledged: int) -> StoreUnavailable:
-        return StoreUnavailable(
-            f"invocation {job_id} reached {acknowledged} of {self.durable_replicas} required replica(s) "
-            f"within {self.durable_wait_timeout_ms} ms (Headwater.DurableReplicas); retry the call"
-        )
+        return too_few_replicas(job_id, acknowledged, self.durable_replicas, self.durable_wait_timeout_ms)
 
     def _run(self, script: str, script_keys: Sequence[str], arguments: Sequence[Any]) -> Any:
         """Run one script (loading it if Redis lost it), its arguments after the key layout."""
@@ -371,9 +368,19 @@ class InvocationQueue(QueueInspection):
         """Queue one script on a pipeline by its hash, as `_run` would run it; the caller answers NOSCRIPT."""
         pipe.evalsha(self._scripts[script].sha, len(script_keys), *script_keys, *SCRIPT_LAYOUT, *arguments)
 
-    def _job_arguments(self, invocation: Invocation, delay_seconds: float) -> tuple[str, list[Any]]:
-        """A job as the scripts' 'job' record: queue, id, delay, field count, fields (see `job_codec`)."""
-        job_id = str(uuid.uuid4())
-        delay = repr(float(delay_seconds)) if delay_seconds > 0 else ""
-        queue = keys.queue_name(invocation.function_name)
-        return job_id, ["job", queue, job_id, delay, 1, "data", job_codec.encode(invocation)]
+
+def job_arguments(invocation: Invocation, delay_seconds: float) -> tuple[str, list[Any]]:
+    """A new job's id and the job as the scripts' 'job' record: queue, id, delay, field count, fields
+    (see `job_codec`). Shared with `broker.queue_async`, so both producers store the same job."""
+    job_id = str(uuid.uuid4())
+    delay = repr(float(delay_seconds)) if delay_seconds > 0 else ""
+    queue = keys.queue_name(invocation.function_name)
+    return job_id, ["job", queue, job_id, delay, 1, "data", job_codec.encode(invocation)]
+
+
+def too_few_replicas(job_id: str, acknowledged: int, replicas: int, timeout_ms: int) -> StoreUnavailable:
+    """The error of a durable write that fewer than `replicas` replicas acknowledged in time."""
+    return StoreUnavailable(
+        f"invocation {job_id} reached {acknowledged} of {replicas} required replica(s) "
+        f"within {timeout_ms} ms (Headwater.DurableReplicas); retry the call"
+    )
