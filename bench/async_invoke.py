@@ -7,6 +7,7 @@ beside the same work through bare rq (SimpleWorker, and its default forking Work
 Each system gets the same pre-filled queue; the clock runs from the moment its worker takes the
 first job to the moment the queue and its in-flight bookkeeping are empty, so process start-up and
 imports are not counted for anyone. The handler does nothing: the figure is the system's overhead.
+Last, Headwater again with two worker processes, for how one pool scales with its processes.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def drain_rate(
     return events / (time.perf_counter() - started)
 
 
-def run_headwater(redis: Redis, url: str, events: int) -> float:
+def run_headwater(redis: Redis, url: str, events: int, processes: int = 1) -> float:
     config = parse_config({"Functions": [{"FunctionName": "noop", "Handler": "examples.handlers.noop"}]})
     client = Client(config, redis)
     before = command_calls(redis)
@@ -61,7 +62,8 @@ def run_headwater(redis: Redis, url: str, events: int) -> float:
         client.invoke("noop", {}, InvocationType.EVENT)
     accept = events / (time.perf_counter() - started)
     enqueued = command_calls(redis)
-    print(f"  headwater: accepted {accept:,.0f} Event invocations/s (client, one at a time)")
+    if processes == 1:
+        print(f"  headwater: accepted {accept:,.0f} Event invocations/s (client, one at a time)")
     config_file = Path(tempfile.mkdtemp()) / "bench.yaml"
     config_file.write_text("Functions:\n  - FunctionName: noop\n    Handler: examples.handlers.noop\n")
     worker = spawn(
@@ -75,7 +77,7 @@ def run_headwater(redis: Redis, url: str, events: int) -> float:
             "--config",
             str(config_file),
             "--processes",
-            "1",
+            str(processes),
         ],
         url,
     )
@@ -89,7 +91,9 @@ def run_headwater(redis: Redis, url: str, events: int) -> float:
         stop(worker)
     drained = command_calls(redis)
     per_enqueue, per_run = (enqueued - before) / events, (drained - enqueued) / events
-    print(f"  headwater: Redis commands per event {per_enqueue:.1f} to accept, {per_run:.1f} to run (scripts' inside)")
+    if processes == 1:
+        commands = f"{per_enqueue:.1f} to accept, {per_run:.1f} to run (scripts' inside)"
+        print(f"  headwater: Redis commands per event {commands}")
     return rate
 
 
@@ -164,6 +168,7 @@ def main() -> None:
                 lambda: run_rq(redis, server.url, max(200, args.events // 10), "rq.worker.Worker"),
             ),
             ("celery solo", lambda: run_celery(redis, server.url, args.events)),
+            ("headwater, 2 processes", lambda: run_headwater(redis, server.url, args.events, processes=2)),
         ]
         for name, run in runs:
             redis.flushall()
@@ -174,6 +179,8 @@ def main() -> None:
     ratio = figures["headwater"] / figures["celery solo"]
     print(f"headwater / celery solo = {ratio:.2f}  (goal: >= 2.00)")
     print(f"headwater / rq SimpleWorker = {figures['headwater'] / figures['rq SimpleWorker']:.2f}")
+    scaling = figures["headwater, 2 processes"] / figures["headwater"]
+    print(f"headwater 2 processes / 1 process = {scaling:.2f}  (goal: >= 1.80; {os.cpu_count()} cores)")
 
 
 if __name__ == "__main__":

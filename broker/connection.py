@@ -61,6 +61,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import (
     BusyLoadingError,
     MasterDownError,
+    NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
     RedisError,
@@ -90,6 +91,7 @@ StoreConnectionError = RedisConnectionError
 StoreTimeoutError = RedisTimeoutError
 StoreOutOfMemoryError = OutOfMemoryError
 StoreReadOnlyError = ReadOnlyError
+StoreScriptMissing = NoScriptError  # Redis lost its scripts (a restart): nothing of that call was written
 
 
 @dataclass(frozen=True)

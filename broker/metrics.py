@@ -30,12 +30,16 @@ from prometheus_client.registry import Collector
 
 from broker import __version__
 from broker.connection import StoreError
+from broker.settings import get_settings
 
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 900)
 AGE_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 10800, 21600)
 BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+# A read of a source: a few ms when records are waiting, up to a 20 s long poll (SQS) when none are.
+POLL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 15, 20, 30)
+UNKNOWN_COMMIT = "unknown"
 
 INVOCATIONS = Counter("headwater_invocations", "Handler runs, successes and function errors.", ["function", "trigger"])
 ERRORS = Counter(
@@ -77,7 +81,12 @@ DESTINATION_FAILURES = Counter(
 CONCURRENCY_LIMIT = Gauge(
     "headwater_concurrency_limit", "Reserved concurrency per function.", ["function", "kind"], multiprocess_mode="max"
 )
-BUILD_INFO = Gauge("headwater_build_info", "The running Headwater version.", ["version"], multiprocess_mode="max")
+BUILD_INFO = Gauge(
+    "headwater_build_info",
+    "The running Headwater: its version, and the git commit its image was built from (HEADWATER_COMMIT).",
+    ["version", "commit"],
+    multiprocess_mode="max",
+)
 WORKERS = Gauge("headwater_worker_pool_workers", "Worker processes by state.", ["state"], multiprocess_mode="livesum")
 QUARANTINED = Counter(
     "headwater_jobs_quarantined",
@@ -122,6 +131,18 @@ POLLER_CONCURRENT_BATCHES = Gauge(
     [MAPPING],
     multiprocess_mode="livesum",
 )
+POLL_OUTCOMES = ("records", "empty", "error")  # a read brought records; brought none; failed (SourceError)
+POLLER_POLLS = Counter(
+    "headwater_poller_polls",
+    "Reads of a source by outcome: records (a batch came back), empty (none did), error (the read failed).",
+    [MAPPING, "source_type", "outcome"],
+)
+POLLER_POLL_DURATION = Histogram(
+    "headwater_poller_poll_duration_seconds",
+    "Time one read of a source took (a long poll waits while nothing arrives), errors included.",
+    [MAPPING, "source_type"],
+    buckets=POLL_BUCKETS,
+)
 POLLER_LAST_POLL = Gauge(
     "headwater_poller_last_poll_timestamp_seconds",
     "When a mapping last polled its source.",
@@ -148,9 +169,10 @@ SQS_OLDEST_MESSAGE_AGE = Gauge(
 
 KAFKA_OFFSET_LAG = Gauge(
     "headwater_kafka_offset_lag",
-    "Kafka: records written to a partition and not yet committed by the mapping (end offset - committed).",
-    [MAPPING, "partition"],
-    multiprocess_mode="max",
+    "Kafka (Lambda's OffsetLag): records written and not yet committed by the mapping (end offset - committed), "
+    "summed over the partitions this poller replica owns; `sum by (mapping)` over replicas is the mapping's.",
+    ["function", MAPPING],
+    multiprocess_mode="livesum",
 )
 KAFKA_REBALANCES = Counter(
     "headwater_kafka_rebalances",
@@ -241,15 +263,17 @@ def declare_functions(functions: Iterable[tuple[str, int | None]]) -> None:
 def declare_build() -> None:
     """`headwater_build_info`, from every process (pool, poller, API): the version and a liveness join;
     and the Redis errors the store alerts tell apart, at zero, so `increase()` sees the first one."""
-    BUILD_INFO.labels(__version__).set(1)
+    BUILD_INFO.labels(__version__, get_settings().commit or UNKNOWN_COMMIT).set(1)
     for error in DECLARED_STORE_ERRORS:
         STORE_ERRORS.labels(error)
 
 
 def declare_mapping(uuid: str, function: str, source_kind: str, source: str) -> None:
-    """A mapping this process runs: its info series, and its crash counter at zero for `increase()`."""
+    """A mapping this process runs: its info series, and its crash and poll counters at zero for `increase()`."""
     MAPPING_INFO.labels(uuid, function, source_kind, source).set(1)
     POLLER_CRASHES.labels(uuid, source_kind)
+    for outcome in POLL_OUTCOMES:
+        POLLER_POLLS.labels(uuid, source_kind, outcome)
 
 
 def forget_mapping(uuid: str, *, keep_info: bool = False) -> None:

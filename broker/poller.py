@@ -97,6 +97,8 @@ class Poller:
         self._batch_sizes = metrics.POLLER_BATCH_SIZE.labels(mapping.uuid)
         self._concurrent = metrics.POLLER_CONCURRENT_BATCHES.labels(mapping.uuid)
         self._last_poll = metrics.POLLER_LAST_POLL.labels(mapping.uuid)
+        self._polls = {outcome: metrics.POLLER_POLLS.labels(*labels, outcome) for outcome in metrics.POLL_OUTCOMES}
+        self._poll_duration = metrics.POLLER_POLL_DURATION.labels(*labels)
         self._unreadable = UnreadableRecords(mapping.uuid, self._count["unreadable"], report)
 
     def stop(self) -> None:
@@ -152,22 +154,32 @@ class Poller:
 
     # -- one batch ------------------------------------------------------------------------------------
     async def _read(self) -> Batch | None:
+        started = time.monotonic()
         try:
             batch = await unless_stopped(self.source.read_batch(), self._stopping)
         except SourceError as error:
+            self._count_poll("error", started)
             log.warning("event source read failed; backing off", error=error.message)
             await wait_or_timeout(self._stopping, SOURCE_ERROR_BACKOFF_SECONDS)
             return None
         self._last_poll.set(time.time())
         await self._unreadable.report_skipped(self.source)
         if batch is None or not (batch.records or batch.final):
+            if not self._stopping.is_set():  # a read abandoned by stop() is no poll
+                self._count_poll("empty", started)
             self._scaler.read_was_empty()
             return None
+        self._count_poll("records", started)
         self._count["polled"].inc(len(batch))
         log.debug("batch read", mapping=self.mapping.uuid, records=len(batch), lane=batch.lane)
         if len(batch) >= self.mapping.batch_size:
             self._scaler.batch_was_full()
         return batch
+
+    def _count_poll(self, outcome: str, started: float) -> None:
+        """One read of the source: `headwater_poller_polls_total` and its duration (long polls included)."""
+        self._polls[outcome].inc()
+        self._poll_duration.observe(time.monotonic() - started)
 
     async def _process(self, batch: Batch) -> None:
         self._in_flight.append(batch)

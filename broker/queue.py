@@ -160,7 +160,7 @@ class InvocationQueue(QueueInspection):
         """Store the invocation as a job (with a delay it waits in the schedule); return its id.
 
         In durable mode this returns only once `durable_replicas` replicas hold the job."""
-        job_id, arguments = self._job_arguments(invocation, delay_seconds)
+        job_id, arguments = job_arguments(invocation, delay_seconds)
         self._register([invocation.function_name])
         schedule = [keys.scheduled(invocation.function_name)]
         if not self.durable_replicas:
@@ -191,7 +191,7 @@ class InvocationQueue(QueueInspection):
         if self.durable_replicas:
             self.enqueue(invocation)
             return self.pop_reply(invocation.reply_to, timeout_seconds)
-        arguments = self._job_arguments(invocation, 0.0)[1]
+        arguments = job_arguments(invocation, 0.0)[1]
         self._register([invocation.function_name])
         schedule = [keys.scheduled(invocation.function_name)]
         pipe = self.redis.pipeline(transaction=False)
@@ -217,7 +217,7 @@ class InvocationQueue(QueueInspection):
         sent on the pipeline's own connection after the writes, covers them all; too few replicas makes
         every stored one a `StoreUnavailable`, as `enqueue` would. On a cluster the pipeline is split
         by node (one batch each), each ENQUEUE still in its own function's slot."""
-        prepared = [self._job_arguments(invocation, 0.0) for invocation in invocations]
+        prepared = [job_arguments(invocation, 0.0) for invocation in invocations]
         if not prepared:
             return []
         self._register([invocation.function_name for invocation in invocations])
@@ -406,7 +406,7 @@ class InvocationQueue(QueueInspection):
                 raise CrossFunctionFollowupError(
                     f"a completion of {function} cannot write a job of {invocation.function_name}"
                 )
-            arguments += self._job_arguments(invocation, delay)[1]
+            arguments += job_arguments(invocation, delay)[1]
         if reply is not None:
             # a caller of the previous release names an untagged key: fine on one Redis, not on a cluster
             if keys.tag(function) not in reply[0] and is_cluster(self.redis):
@@ -449,9 +449,8 @@ class InvocationQueue(QueueInspection):
     def heartbeat(self, worker_id: str, function_names: Sequence[str]) -> Lease:
         """Renew the worker's lease in each function's slot (one pipelined HEARTBEAT per function).
         `renewed` is False when any of them was not held before this beat."""
-        self._register(
-            function_names
-        )  # a function served is listed (`headwater quarantine list`) even before its first job
+        # a function served is listed (`headwater quarantine list`) even before its first job
+        self._register(function_names)
         ttl_ms, outage_ms, _ = self._lease_args()
         calls: list[tuple[str, Sequence[str], Sequence[Any]]] = [
             ("HEARTBEAT", [keys.workers(name), keys.clock(name)], [worker_id, ttl_ms, outage_ms])
@@ -483,10 +482,7 @@ class InvocationQueue(QueueInspection):
         return ttl_ms, ttl_ms // 2, ttl_ms
 
     def _too_few_replicas(self, job_id: str, acknowledged: int) -> StoreUnavailable:
-        return StoreUnavailable(
-            f"invocation {job_id} reached {acknowledged} of {self.durable_replicas} required replica(s) "
-            f"within {self.durable_wait_timeout_ms} ms (Headwater.DurableReplicas); retry the call"
-        )
+        return too_few_replicas(job_id, acknowledged, self.durable_replicas, self.durable_wait_timeout_ms)
 
     def _run(self, script: str, script_keys: Sequence[str], arguments: Sequence[Any]) -> Any:
         """Run one script (loading it if Redis lost it), its arguments after the key layout."""
@@ -514,13 +510,23 @@ class InvocationQueue(QueueInspection):
         sha = self._scripts[script].sha
         pipe.execute_command("EVALSHA", sha, len(script_keys), *script_keys, *SCRIPT_LAYOUT, *arguments)  # type: ignore[no-untyped-call]  # untyped in redis-py
 
-    def _job_arguments(self, invocation: Invocation, delay_seconds: float) -> tuple[str, list[Any]]:
-        """A job as the scripts' 'job' record: queue, id, delay, field count, fields (see `job_codec`).
-        The id is made so that the job's hash shares its queue's slot (`keys.job_id`)."""
-        job_id = keys.job_id(invocation.function_name)
-        delay = repr(float(delay_seconds)) if delay_seconds > 0 else ""
-        queue = keys.queue_name(invocation.function_name)
-        return job_id, ["job", queue, job_id, delay, 1, "data", job_codec.encode(invocation)]
+
+def job_arguments(invocation: Invocation, delay_seconds: float) -> tuple[str, list[Any]]:
+    """A new job's id and the job as the scripts' 'job' record: queue, id, delay, field count, fields
+    (see `job_codec`). The id is made so that the job's hash shares its queue's slot (`keys.job_id`).
+    Shared with `broker.queue_async`, so both producers store the same job."""
+    job_id = keys.job_id(invocation.function_name)
+    delay = repr(float(delay_seconds)) if delay_seconds > 0 else ""
+    queue = keys.queue_name(invocation.function_name)
+    return job_id, ["job", queue, job_id, delay, 1, "data", job_codec.encode(invocation)]
+
+
+def too_few_replicas(job_id: str, acknowledged: int, replicas: int, timeout_ms: int) -> StoreUnavailable:
+    """The error of a durable write that fewer than `replicas` replicas acknowledged in time."""
+    return StoreUnavailable(
+        f"invocation {job_id} reached {acknowledged} of {replicas} required replica(s) "
+        f"within {timeout_ms} ms (Headwater.DurableReplicas); retry the call"
+    )
 
 
 def _function_of_entry(entry: str) -> str:

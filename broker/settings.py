@@ -3,7 +3,7 @@
 Every `HEADWATER_*` variable Headwater reads is a field of `Settings`: its name is `HEADWATER_` and
 the field's name in upper case (`HEADWATER_REDIS_URL`, `HEADWATER_CONFIG`, `HEADWATER_LOG_LEVEL`,
 `HEADWATER_API_KEYS_FILE`, `HEADWATER_KAFKA_BOOTSTRAP_SERVERS`, `HEADWATER_KAFKA_CONSUMER_OPTIONS`,
-`HEADWATER_SHARD_LEASE_SECONDS`); an empty variable counts as unset. Code reads them through
+`HEADWATER_SHARD_LEASE_SECONDS`, `HEADWATER_COMMIT`); an empty variable counts as unset. Code reads them through
 `get_settings()` and never through `os.environ`. Variables that belong to a library keep their
 library's names and are read by it (`AWS_*` by botocore, `PROMETHEUS_MULTIPROC_DIR` by
 prometheus-client), and so do the variables a user names in a mapping (`env:NAME` secrets).
@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     shard_lease_seconds: Annotated[float, Field(gt=0)] | None = None
     """How long a Kinesis or DynamoDB Streams shard lease lasts before another poller replica may take
     the shard over (default: the shards source's own, 10 s)."""
+    commit: str | None = None
+    """The git commit this build of Headwater came from (set by the image build: deploy/Dockerfile's
+    REVISION), shown as `headwater_build_info{commit}`; "unknown" when unset."""
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -6,20 +6,20 @@ import base64
 import json
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
+
+# Immutable records as NamedTuples, not dataclasses: this module is loaded in every sandbox before the
+# handler, and `dataclasses` would bring `inspect`, `ast` and `dis` along (about 1 MB in each sandbox).
 
 
-@dataclass(frozen=True)
-class CognitoIdentity:
+class CognitoIdentity(NamedTuple):
     """Always present, as on Lambda; both fields are None without a Cognito caller."""
 
     cognito_identity_id: str | None = None
     cognito_identity_pool_id: str | None = None
 
 
-@dataclass(frozen=True)
-class Client:
+class Client(NamedTuple):
     installation_id: str | None = None
     app_title: str | None = None
     app_version_name: str | None = None
@@ -27,11 +27,12 @@ class Client:
     app_package_name: str | None = None
 
 
-@dataclass(frozen=True)
-class ClientContext:
-    client: Client | None = None
-    custom: dict[str, Any] = field(default_factory=dict)
-    env: dict[str, Any] = field(default_factory=dict)
+class ClientContext(NamedTuple):
+    """`custom` and `env` are dicts ({} when the caller sent none), as `parse_client_context` builds them."""
+
+    client: Client | None
+    custom: dict[str, Any]
+    env: dict[str, Any]
 
 
 class LambdaContext:
@@ -91,7 +92,7 @@ def parse_client_context(encoded: str | None) -> ClientContext | None:
     if not isinstance(document, dict) or not isinstance(client, dict | None):
         raise InvalidClientContextError()
     return ClientContext(
-        client=Client(**{k: v for k, v in client.items() if k in Client.__dataclass_fields__}) if client else None,
+        client=Client(**{k: v for k, v in client.items() if k in Client._fields}) if client else None,
         custom=document.get("custom") or {},
         env=document.get("env") or {},
     )

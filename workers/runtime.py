@@ -36,6 +36,7 @@ from broker.config import Function
 from broker.invocation import Invocation, Result, Status
 from broker.logs import get_logger
 from workers import sandbox
+from workers.sandbox_process import SandboxProcess
 
 POLL_SLICE_SECONDS = 0.25
 LOG_TAIL_BYTES = 4096  # X-Amz-Log-Type: Tail: the last 4 KB of the run's log
@@ -141,7 +142,7 @@ class Environment:
             "worker_pid": os.getpid(),
         }
         parent, child = self._context.Pipe()
-        process = self._context.Process(target=sandbox.serve, args=(child, json.dumps(spec)), daemon=True)
+        process = SandboxProcess(target=sandbox.serve, args=(child, json.dumps(spec)), daemon=True)
         process.start()
         child.close()
         self._process, self._connection = process, parent

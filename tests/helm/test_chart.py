@@ -65,6 +65,8 @@ CONTRACT_METRICS = {
     "headwater_kafka_offset_lag",
     "headwater_kafka_rebalances_total",
     "headwater_poller_last_poll_timestamp_seconds",
+    "headwater_poller_polls_total",
+    "headwater_poller_poll_duration_seconds",
     "headwater_build_info",
     "headwater_jobs_quarantined_total",
     "headwater_quarantined_jobs",
@@ -87,6 +89,7 @@ HISTOGRAMS = {
     "headwater_invocation_duration_seconds",
     "headwater_async_event_age_seconds",
     "headwater_poller_batch_size",
+    "headwater_poller_poll_duration_seconds",
 }
 
 

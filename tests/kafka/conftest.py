@@ -55,6 +55,7 @@ class KafkaStack:
     group: str = field(default_factory=lambda: f"group-{uuid.uuid4().hex[:8]}")
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     metrics_ports: dict[int, int] = field(default_factory=dict)  # poller pid -> port
+    log_paths: dict[int, Path] = field(default_factory=dict)  # pid -> its output
 
     def __post_init__(self) -> None:
         self.redis = Redis.from_url(self.redis_url)
@@ -97,9 +98,11 @@ class KafkaStack:
         self.config_path.write_text(yaml.safe_dump(document))
 
     def _spawn(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
-        with (self.directory / f"{name}-{len(self.processes)}.log").open("wb") as log:  # the child keeps its copy
+        path = self.directory / f"{name}-{len(self.processes)}.log"
+        with path.open("wb") as log:  # the child keeps its copy
             process = subprocess.Popen(command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         self.processes.append(process)
+        self.log_paths[process.pid] = path
         return process
 
     def start_workers(self, processes: int = 2) -> subprocess.Popen[bytes]:
@@ -213,12 +216,23 @@ class KafkaStack:
             await consumer.stop()
 
     def owned_partitions(self, process: subprocess.Popen[bytes]) -> set[int]:
-        """The partitions a poller reports an offset lag for on /metrics: those it holds."""
-        return {
-            int(line.split('partition="')[1].split('"')[0])
+        """The partitions a poller holds: those its latest "partitions assigned" log event names (the group
+        hands every member its whole assignment at each rebalance); none before the first. /metrics has
+        no partition numbers: headwater_kafka_offset_lag is summed per mapping."""
+        owned: set[int] = set()
+        for line in self.log_paths[process.pid].read_text(errors="replace").splitlines():
+            if '"partitions assigned"' in line:
+                owned = set(json.loads(line)["partitions"])
+        return owned
+
+    def offset_lag(self, process: subprocess.Popen[bytes]) -> float | None:
+        """The poller's headwater_kafka_offset_lag (its partitions' sum), None while it reports none."""
+        lags = [
+            float(line.rsplit(" ", 1)[1])
             for line in self._metrics(process).splitlines()
             if line.startswith("headwater_kafka_offset_lag{")
-        }
+        ]
+        return sum(lags) if lags else None
 
     def last_poll(self, process: subprocess.Popen[bytes]) -> float:
         """When the poller last finished a read of its source (its last-poll gauge on /metrics), 0 before any."""

@@ -248,8 +248,9 @@ def test_every_panel_and_alert_has_series_on_a_live_prometheus(live: tuple[Prome
                 empty.append(f"alert {name}: {probe}")
 
     assert not empty, "queries without series:\n" + "\n".join(empty)
-    builds = {sample["metric"]["job"] for sample in prometheus.query("headwater_build_info")}
-    assert builds == {"hw-worker", "hw-poller", "hw-api"}  # every Headwater process reports its version
+    builds = prometheus.query("headwater_build_info")
+    assert {sample["metric"]["job"] for sample in builds} == {"hw-worker", "hw-poller", "hw-api"}  # every process
+    assert all(sample["metric"]["version"] and sample["metric"]["commit"] for sample in builds)  # "unknown" unset
     infos = [sample["metric"] for sample in prometheus.query("headwater_mapping_info")]
     kinds = sorted((info["function"], info["source_type"]) for info in infos)
     assert kinds == [("orders", "kinesis"), ("orders", "sqs")]

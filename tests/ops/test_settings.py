@@ -98,6 +98,27 @@ def test_an_unknown_aiokafka_option_is_refused_by_the_kafka_source(monkeypatch: 
     assert raised.value.problems == [f"{OPTIONS}: unknown aiokafka consumer option(s) sesion_timeout_ms"]
 
 
+def test_an_aiokafka_option_value_aiokafka_would_trip_over_later_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aiokafka's constructor takes these on trust; its start, or its first fetch, raises on them."""
+    bad = {"session_timeout_ms": "abc", "fetch_max_bytes": -1, "check_crcs": 1, "isolation_level": "dirty"}
+    fine = {"fetch_min_bytes": 0, "max_poll_records": None, "sasl_plain_password": SECRET, "client_id": "mine"}
+    monkeypatch.setenv(OPTIONS, json.dumps({**bad, **fine}))
+
+    with pytest.raises(ConfigError) as raised:
+        environment_options()
+
+    assert raised.value.problems == [
+        f"{OPTIONS}: check_crcs must be true or false (got int)",
+        f"{OPTIONS}: fetch_max_bytes must be 1 or more (got -1)",
+        f"{OPTIONS}: isolation_level must be one of read_uncommitted, read_committed",
+        f"{OPTIONS}: session_timeout_ms must be a whole number (got str)",
+    ]
+    monkeypatch.setenv(OPTIONS, json.dumps(fine))
+    assert environment_options() == fine
+
+
 # -- the command line --------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("variable", "value", "said"),
@@ -193,8 +214,15 @@ def start_poller(tmp_path: Path) -> Iterator[StartPoller]:
     [
         ('{"sesion_timeout_ms": 6000}', f"{OPTIONS}: unknown aiokafka consumer option(s) sesion_timeout_ms"),
         ('{"session_timeout_ms": 6000', f"{OPTIONS}: not valid JSON: "),
+        ('{"session_timeout_ms": "abc"}', f"{OPTIONS}: session_timeout_ms must be a whole number (got str)"),
+        # Below the broker's group.min.session.timeout.ms (6 s): aiokafka's start fails when it joins the group.
+        (
+            '{"session_timeout_ms": 1000}',
+            f"{OPTIONS}: aiokafka refused the consumer when it was started (InvalidSessionTimeoutError); "
+            "check session_timeout_ms",
+        ),
     ],
-    ids=["unknown-option", "bad-json"],
+    ids=["unknown-option", "bad-json", "bad-value", "refused-at-start"],
 )
 async def test_a_bad_kafka_consumer_option_disables_the_kafka_mapping_while_the_sqs_mapping_runs(
     kafka_broker: KafkaBroker, redis_url: str, sqs_queue: SqsQueue, start_poller: StartPoller, case: tuple[str, str]

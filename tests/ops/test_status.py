@@ -66,7 +66,7 @@ def test_status_counts_every_place_a_job_can_be_and_each_mappings_state(make_sta
     stack = make_stack(FUNCTIONS)
     with_mappings(stack)
     poison(stack)
-    stack.start_pool(processes=1)
+    stack.start_pool(processes=1, grace_seconds=1)  # the slow runs are cut off at teardown, not awaited
     client = stack.client
     client.invoke("failing", {"n": 1}, InvocationType.EVENT)
     stack.wait_for(

@@ -167,23 +167,19 @@ async def test_message_groups_run_side_by_side_in_order(stack: Stack, harness: S
 async def test_a_backlog_with_a_short_visibility_timeout_runs_each_message_once(
     stack: Stack, harness: SqsHarness
 ) -> None:
-    """2000 messages on a queue with a 1 s visibility timeout, two workers at 0.4 s a batch (about
+    """1000 messages on a queue with a 1 s visibility timeout, two workers at 0.4 s a batch (about
     half what the poller reads): read batches wait for a worker several times the visibility
-    timeout, and none may run twice.
-
-    The messages come in waves of 400, each sent once the last is gone: moto scans its whole queue
-    for every message sent or received (thousands at once would take minutes), and a send racing a
-    delete can lose the message. The backlog that matters is Headwater's: batches read and waiting.
-    """
+    timeout, and none may run twice. The backlog that matters is Headwater's: batches read and
+    waiting; the messages come in two waves, the second sent once the first is gone."""
     await harness.create(visibility_timeout=1)
     ns = stack.namespace()
     await stack.start_poller([harness.mapping("recorder-quick")])
     await warm_workers(stack, harness)
-    for wave in range(0, 2000, 400):
-        await harness.send([{"ns": ns, "id": f"m{i}", "sleep": 0.4} for i in range(wave, wave + 400)])
-        await stack.wait_for(lambda: _is(harness.unacknowledged(), 0), what=f"wave {wave // 400} drained")
+    for wave in range(0, 1000, 500):
+        await harness.send([{"ns": ns, "id": f"m{i}", "sleep": 0.4} for i in range(wave, wave + 500)])
+        await stack.wait_for(lambda: _is(harness.unacknowledged(), 0), what=f"wave {wave // 500} drained")
     attempts = stack.attempts(ns)
-    assert len(attempts) == 2000
+    assert len(attempts) == 1000
     assert set(attempts.values()) == {1}, "zero duplicates"
     waits = [entry["started"] - entry["first_received"] for entry in stack.seen(ns)]
     assert max(waits) > 1.0, f"batches never outlived the visibility timeout (max wait {max(waits):.2f} s)"
@@ -262,17 +258,23 @@ async def test_a_mapping_turned_off_by_reload_stops_once_in_flight_batches_settl
     await harness.create()
     ns = stack.namespace()
     running = harness.mapping()
-    supervisor = await stack.start_poller([running])
+    # A second mapping the same poller keeps reading: its messages, run one after another, show the
+    # poller polled on while the turned-off mapping's message stayed where it was.
+    witness_url, witness_arn = await harness.new_queue(f"witness-{ns}", {})
+    witness = {"FunctionName": "recorder", "EventSourceArn": witness_arn}
+    supervisor = await stack.start_poller([running, witness])
     await harness.send(bodies(ns, 1, m1={"block": True}))
     await stack.wait_for(lambda: stack.started(ns), what="a batch in flight")
-    stack.write_config([{**running, "Enabled": False}])
+    stack.write_config([{**running, "Enabled": False}, witness])
     supervisor.reload()
     await stack.wait_for(lambda: state(stack, running).get("State") == "Disabling", what="Disabling")
     stack.release(ns)
     await stack.wait_for(lambda: state(stack, running).get("State") == "Disabled", what="Disabled once settled")
     assert await harness.unacknowledged() == 0, "the in-flight batch settled before the poller stopped"
     await harness.send(bodies(ns, 1, prefix="after"))
-    await asyncio.sleep(1)  # long enough for a running poller to take it
+    for n in range(2):
+        await harness.client.send_message(QueueUrl=witness_url, MessageBody=json.dumps({"ns": ns, "id": f"w{n}"}))
+        await stack.wait_for(lambda: _is(harness.unacknowledged(witness_url), 0), what=f"witness {n} run")
     assert await harness.unacknowledged() == 1, "no longer polled"
     shown = (await _mappings_cli(stack))[uuid_of(running)]
     assert (shown["State"], shown["StateTransitionReason"], shown["EventSourceArn"]) == (

@@ -9,6 +9,7 @@ handler written for Lambda decodes them.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 from typing import Any
 
@@ -45,12 +46,28 @@ def item_id_of(identifier: Any) -> str | None:
 RECORD_OVERHEAD_BYTES = 160
 
 
+def size_of(message: Any) -> int:
+    """What one consumed record adds to the event's JSON text, at most: its base64 key and value,
+    its headers as Java bytes (up to 5 characters each), and the entry's own field names and
+    numbers. Counted from the record's parts, before it is shaped, for the 6 MB cap."""
+    headers = message.headers
+    header_bytes = sum(len(name) + 5 * len(value or b"") + 8 for name, value in headers) if headers else 0
+    return (
+        RECORD_OVERHEAD_BYTES
+        + len(message.topic)
+        + _base64_length(message.key)
+        + _base64_length(message.value)
+        + (header_bytes)
+    )
+
+
 def record(message: Any, epoch: int, filtered: bool) -> Record:
     """One consumed aiokafka `ConsumerRecord` as a Record holding its Lambda event entry.
 
     This runs for every record, so it does only what every record needs: the value is decoded for
     FilterCriteria only when the mapping has filters, and the size is counted from the parts
-    (an upper bound of the JSON text, which is what the 6 MB cap needs) instead of by encoding."""
+    (`size_of`) instead of by encoding."""
+    key, value, lane = message.key, message.value, f"{message.topic}-{message.partition}"
     entry: dict[str, Any] = {
         "topic": message.topic,
         "partition": message.partition,
@@ -58,17 +75,17 @@ def record(message: Any, epoch: int, filtered: bool) -> Record:
         "timestamp": message.timestamp,
         "timestampType": TIMESTAMP_TYPES.get(message.timestamp_type, "CREATE_TIME"),
     }
-    if message.key is not None:  # Lambda's form for a null key is unconfirmed; it is left out
-        entry["key"] = _base64(message.key)
-    entry["value"] = None if message.value is None else _base64(message.value)
-    entry["headers"] = [{name: _java_bytes(value)} for name, value in message.headers]
+    if key is not None:  # Lambda's form for a null key is unconfirmed; it is left out
+        entry["key"] = _base64(key)
+    entry["value"] = None if value is None else _base64(value)
+    entry["headers"] = [{name: _java_bytes(data)} for name, data in message.headers] if message.headers else []
     return Record(
-        item_id=item_id(message.topic, message.partition, message.offset),
-        lane=lane_name(message.topic, message.partition),
+        item_id=f"{lane}@{message.offset}",
+        lane=lane,
         event=entry,
-        size_bytes=_size(entry),
+        size_bytes=size_of(message),
         arrived_at=message.timestamp / 1000,
-        filter_view=_filter_view(entry, message.value) if filtered else entry,
+        filter_view=_filter_view(entry, value) if filtered else entry,
         handle=Position(message.offset, epoch),
     )
 
@@ -153,21 +170,12 @@ def _moment(item: Record) -> str:
     return iso_timestamp(item.event["timestamp"] / 1000)
 
 
-def _size(entry: dict[str, Any]) -> int:
-    header_bytes = sum(
-        len(name) + 5 * len(values) + 8 for header in entry["headers"] for name, values in header.items()
-    )
-    return (
-        RECORD_OVERHEAD_BYTES
-        + len(entry["topic"])
-        + len(entry.get("key") or "")
-        + len(entry["value"] or "")
-        + header_bytes
-    )
+def _base64_length(data: bytes | None) -> int:
+    return 0 if data is None else (len(data) + 2) // 3 * 4
 
 
 def _base64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
 def _java_bytes(data: bytes | None) -> list[int]:

@@ -4,7 +4,9 @@ How it keeps the acknowledgement contract written on `Source`:
 
 - Offsets move only in `settle` (auto-commit is off), to the batch's last offset + 1, once the
   batch's outcome is final (success, or its failures routed by `stream_retry`). A poller that dies
-  before leaves the offset where it was, and the records come again: at-least-once.
+  before leaves the offset where it was, and the records come again: at-least-once. The partition
+  goes on with its next batch while the commit is made; the commits of all partitions share one
+  request (`commits`), and `settle` returns once it was made.
 - Each partition is a lane. It is paused while its batch waits in the invocation queue or is
   retried, and resumed only after the commit, so batches of one partition run one at a time, in
   offset order. A background task calls `getmany` without pause, for the other partitions; that is
@@ -41,17 +43,19 @@ from broker.destinations.kafka import KafkaTopic
 from broker.errors import SourceError
 from broker.logs import get_logger
 from broker.mapping import EventSourceMapping
-from broker.sources.base import Batch, FailurePart, Source, SourceContext, runtime
+from broker.sources.base import Batch, FailurePart, Record, Source, SourceContext, runtime
 from broker.sources.kafka import client, offsets, shape
 from broker.sources.kafka.client import FETCH_WAIT_MS
+from broker.sources.kafka.commits import Committer, Note
 from broker.sources.kafka.kind import KafkaKind
-from broker.sources.kafka.lanes import Lanes, Position
+from broker.sources.kafka.lanes import Lanes, position_of
 
 READ_WAIT_SECONDS = 1.0
 LAG_REFRESH_SECONDS = 5.0
 COMMIT_ATTEMPTS = 5
 RETRY_BACKOFF_SECONDS = 0.5
 DRAIN_MARGIN_SECONDS = 10.0  # beyond the function timeout: queueing, the reply, the commit
+LOOPS_PER_PARTITION = 3  # one invoking, two waiting for commits (see `desired_concurrency`)
 log = get_logger(__name__)
 
 
@@ -67,13 +71,17 @@ class KafkaSource(Source):
         arn = mapping.event_source_arn
         self.cluster_arn = arn if arn and ":kafka:" in arn else None
         self.consumer: Any = None
-        self._lanes = Lanes(mapping.batch_size, mapping.maximum_batching_window_in_seconds)
+        self._lanes = Lanes(mapping.batch_size, mapping.maximum_batching_window_in_seconds, self._shape)
+        self._filtered = bool(mapping.filter_criteria.filters)
         self._partitions: dict[str, TopicPartition] = {}
         self._committed: dict[str, int] = {}
+        self._commits = Committer(self._commit)
         self._fetcher: asyncio.Task[None] | None = None
+        self._committer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._lane_freed = asyncio.Event()  # set by every settle: a draining revoke looks again
         self._lag_due = 0.0
+        self._lags: dict[str, int] = {}  # OffsetLag of each partition owned, summed into the mapping's gauge
 
     @property
     def drain_seconds(self) -> float:
@@ -104,13 +112,15 @@ class KafkaSource(Source):
             await self.consumer.stop()  # the poller retries start() with a fresh consumer
             raise SourceError(f"Kafka {self.bootstrap_servers}: {error}") from error
         self._fetcher = asyncio.create_task(self._fetch_forever(), name=f"kafka-fetch-{self.mapping.uuid}")
+        self._committer = asyncio.create_task(self._commits.run(), name=f"kafka-commit-{self.mapping.uuid}")
 
     async def stop(self) -> None:
         """Leave the group at once (partitions move to the other replicas); nothing unsettled is committed."""
-        if self._fetcher is not None:
-            self._fetcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._fetcher
+        for task in (self._fetcher, self._committer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.consumer is not None:
             await self.consumer.stop()
         for name in list(self._partitions):
@@ -120,13 +130,16 @@ class KafkaSource(Source):
     async def read_batch(self) -> Batch | None:
         deadline = time.monotonic() + READ_WAIT_SECONDS
         while True:
-            if self._fetcher is not None and self._fetcher.done():
-                self._fetcher.result()  # the fetch task died: raise its error to the poller
+            for task in (self._fetcher, self._committer):
+                if task is not None and task.done():
+                    task.result()  # a task of the source died: raise its error to the poller
             self._wake.clear()
             now = time.monotonic()
             batch = self._lanes.take_ready(now)
             if batch is not None:
                 self._sync_pauses()
+                # Once this batch is on its way, shape the partition's next one while it is out.
+                asyncio.get_running_loop().call_soon(self._lanes.shape_ahead, batch.lane or "")
                 return batch
             closes = self._lanes.next_deadline()
             wake_at = deadline if closes is None else min(deadline, closes)
@@ -155,28 +168,31 @@ class KafkaSource(Source):
                 await self._refresh_lag()
 
     def _take_in(self, fetched: dict[TopicPartition, list[Any]]) -> None:
+        """Buffer what was fetched as it came; it is shaped when its batch is taken (see `lanes`)."""
         now = time.monotonic()
-        filtered = bool(self.mapping.filter_criteria.filters)
+        add, size_of = self._lanes.add, shape.size_of
         for partition, messages in fetched.items():
             name = shape.lane_name(partition.topic, partition.partition)
             self._partitions[name] = partition
             # aiokafka returns records of current assignments only: a lane not yet owned is one
             # whose assignment callback has not run yet.
-            epoch = self._lanes.epoch(name) or self._lanes.assign(name)
+            if self._lanes.epoch(name) is None:
+                self._lanes.assign(name)
             for message in messages:
-                try:
-                    record = shape.record(message, epoch, filtered)
-                except Exception as error:  # logged with its traceback; the record is skipped
-                    log.exception("Kafka record cannot be shaped; skipping it", partition=name, offset=message.offset)
-                    self.unreadable.append(
-                        f"{shape.item_id(partition.topic, partition.partition, message.offset)}: "
-                        f"{type(error).__name__}: {error}"
-                    )
-                    continue
-                self._lanes.add(name, record, now)
+                add(name, message, size_of(message), now)
         self._sync_pauses()
         if fetched:
             self._wake.set()
+
+    def _shape(self, message: Any, epoch: int) -> Record | None:
+        """A fetched record in Lambda's shape; None (logged, reported unreadable) when it cannot be."""
+        try:
+            return shape.record(message, epoch, self._filtered)
+        except Exception as error:  # logged with its traceback; the record is skipped
+            name = shape.item_id(message.topic, message.partition, message.offset)
+            log.exception("Kafka record cannot be shaped; skipping it", record=name)
+            self.unreadable.append(f"{name}: {type(error).__name__}: {error}")
+            return None
 
     def _sync_pauses(self) -> None:
         """Pause exactly the partitions with a batch out or a full buffer; resume the others."""
@@ -192,39 +208,47 @@ class KafkaSource(Source):
 
     # -- settling -----------------------------------------------------------------------------------
     async def settle(self, batch: Batch, failed: frozenset[str]) -> None:
-        """Commit past the whole batch (its failures were routed already), then resume its partition."""
+        """Commit past the whole batch (its failures were routed already): its partition is free for
+        its next batch at once, and this returns once the commit was made (see `commits`)."""
         name = batch.lane or ""
+        committing = None
         if self._lanes.owns(batch):
-            await self._commit(name, _offset(batch, -1) + 1, _offset(batch, 0))
+            first, last = position_of(batch, 0), position_of(batch, -1)
+            committing = self._commits.note(name, last.offset + 1, first.offset, first.epoch)
         else:
             log.info("partition was revoked while its batch was out; not committed here", partition=name)
         self._lanes.settle(batch)
         self._sync_pauses()
         self._wake.set()
         self._lane_freed.set()
+        if committing is not None:
+            await asyncio.shield(committing)
 
-    async def _commit(self, name: str, offset: int, first_offset: int) -> None:
-        partition = self._partitions[name]
+    async def _commit(self, notes: dict[str, Note]) -> None:
+        """One commit request for every partition noted and still owned under the same assignment."""
+        owned = {name: note for name, note in notes.items() if self._lanes.epoch(name) == note.epoch}
+        offsets = {self._partitions[name]: note.offset for name, note in owned.items()}
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            if not offsets:
+                return
             try:
-                await self.consumer.commit({partition: offset})
+                await self.consumer.commit(offsets)
             except (CommitFailedError, IllegalStateError) as error:
                 log.warning(
-                    "commit refused: the partition moved to another consumer",
-                    partition=name,
-                    error=str(error),
+                    "commit refused: the partitions moved to another consumer", partitions=list(owned), error=str(error)
                 )
                 return
             except KafkaError as error:
                 if not error.retriable or attempt == COMMIT_ATTEMPTS:
                     # The next batch's commit covers this one; a crash before it only repeats records.
-                    log.warning("commit failed", partition=name, offset=offset, error=str(error))
+                    log.warning("commit failed", partitions=list(owned), error=str(error))
                     return
                 await asyncio.sleep(RETRY_BACKOFF_SECONDS * attempt)
             else:
-                advance = offset - self._committed.get(name, first_offset)
-                self._committed[name] = offset
-                metrics.MAPPING_EVENTS.labels(self.mapping.uuid, "kafka", "committed").inc(max(advance, 0))
+                for name, note in owned.items():
+                    advance = note.offset - self._committed.get(name, note.since)
+                    self._committed[name] = note.offset
+                    metrics.MAPPING_EVENTS.labels(self.mapping.uuid, "kafka", "committed").inc(max(advance, 0))
                 return
 
     # -- rebalances ---------------------------------------------------------------------------------
@@ -236,6 +260,7 @@ class KafkaSource(Source):
             self._lanes.drain(name)
         self._sync_pauses()
         await self._drain(names)
+        await self._commits.flush(names)  # what settled is committed before the partitions go
         for name in names:
             if self._lanes.in_flight(name):
                 log.warning("partition let go with a batch still out; the next owner reads it again", partition=name)
@@ -302,14 +327,22 @@ class KafkaSource(Source):
             return
         owned = set(self._lanes.owned())  # a rebalance may have happened while the broker answered
         for partition, lag in lags.items():
-            if shape.lane_name(partition.topic, partition.partition) in owned:
-                metrics.KAFKA_OFFSET_LAG.labels(self.mapping.uuid, str(partition.partition)).set(lag)
+            if (name := shape.lane_name(partition.topic, partition.partition)) in owned:
+                self._lags[name] = lag
+        self._publish_lag()
 
     def _forget_lag(self, name: str) -> None:
-        partition = self._partitions.get(name)
-        if partition is not None:
+        self._lags.pop(name, None)
+        self._publish_lag()
+
+    def _publish_lag(self) -> None:
+        """The mapping's OffsetLag: the sum over the partitions it owns here; no series while it owns none."""
+        labels = (self.mapping.function_name, self.mapping.uuid)
+        if self._lags:
+            metrics.KAFKA_OFFSET_LAG.labels(*labels).set(sum(self._lags.values()))
+        else:
             with contextlib.suppress(KeyError):
-                metrics.KAFKA_OFFSET_LAG.remove(self.mapping.uuid, str(partition.partition))
+                metrics.KAFKA_OFFSET_LAG.remove(*labels)
 
     # -- what the poller asks -----------------------------------------------------------------------
     def event(self, batch: Batch) -> dict[str, Any]:
@@ -326,8 +359,11 @@ class KafkaSource(Source):
         return shape.record_failures(batch, self.bootstrap_servers, self.cluster_arn)
 
     def desired_concurrency(self, backlog_hint: int) -> int:
-        """One batch per assigned partition (Lambda: at most one consumer per partition)."""
-        return max(1, len(self._lanes.owned()))
+        """Batch loops per assigned partition: besides the one invoking the partition's batch, loops
+        whose batches wait for their commit (`settle` returns once it is made, and a commit can take
+        longer than an invocation). The lanes still let one batch of a partition be invoked at a time
+        (Lambda: at most one consumer per partition)."""
+        return max(1, LOOPS_PER_PARTITION * len(self._lanes.owned()))
 
     def owns(self, batch: Batch) -> bool:
         return self._lanes.owns(batch)
@@ -339,9 +375,3 @@ class KafkaSource(Source):
 
     def item_id_of(self, identifier: Any) -> str | None:
         return shape.item_id_of(identifier)
-
-
-def _offset(batch: Batch, index: int) -> int:
-    handle = batch.records[index].handle
-    assert isinstance(handle, Position)
-    return handle.offset
