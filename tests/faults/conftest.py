@@ -69,9 +69,11 @@ class Runs:
         self.path = path
 
     def lines(self) -> list[dict[str, Any]]:
+        """The complete lines: a handler may be halfway through appending the last one."""
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        complete = self.path.read_text().rpartition("\n")[0]
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
     def count(self, phase: str) -> Counter[str]:
         """Runs per id that reached `phase` ("start" or "end")."""
