@@ -23,8 +23,10 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -39,11 +41,15 @@ from tests.rig import KafkaBroker, RedisServer, free_port
 PARTITIONS = 3
 
 
-async def prepare(servers: str, topic: str, records: int) -> None:
+async def create_topic(servers: str, topic: str) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=servers)
     await admin.start()
     await admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)])
     await admin.close()
+
+
+async def prepare(servers: str, topic: str, records: int) -> None:
+    await create_topic(servers, topic)
     producer = AIOKafkaProducer(bootstrap_servers=servers, linger_ms=20, max_batch_size=256 * 1024)
     await producer.start()
     body = json.dumps({"orderId": 0, "note": "x" * 60}).encode()
@@ -62,21 +68,39 @@ async def committed_total(servers: str, group: str) -> int:
     return sum(max(meta.offset, 0) for meta in offsets.values())
 
 
-def start_headwater(broker: KafkaBroker, redis_url: str, topic: str, *, batch_size: int, workers: int) -> Headwater:
-    """A config with one no-op function and its mapping, a worker pool and a poller process."""
+def start_headwater(
+    broker: KafkaBroker,
+    redis_url: str,
+    topic: str,
+    *,
+    batch_size: int,
+    workers: int,
+    handler: str = "tests.handlers.kafka_handlers.noop",
+    window: float = 1,
+) -> Headwater:
+    """A config with one function (no-op unless `handler` names another) and its mapping, a worker pool and a
+    poller process."""
     group = f"bench-{batch_size}-{uuid.uuid4().hex[:6]}"
-    directory = Path(tempfile.mkdtemp(prefix="headwater-bench-"))
-    config = directory / "headwater.yaml"
     mapping = {
         "FunctionName": "noop",
         "Topics": [topic],
         "StartingPosition": "TRIM_HORIZON",
         "BatchSize": batch_size,
-        "MaximumBatchingWindowInSeconds": 1,
+        "MaximumBatchingWindowInSeconds": window,
         "SelfManagedEventSource": {"Endpoints": {"KAFKA_BOOTSTRAP_SERVERS": [broker.bootstrap_servers]}},
         "SelfManagedKafkaEventSourceConfig": {"ConsumerGroupId": group},
     }
-    function = {"FunctionName": "noop", "Handler": "tests.handlers.kafka_handlers.noop", "Timeout": 30}
+    function = {"FunctionName": "noop", "Handler": handler, "Timeout": 30}
+    return launch(redis_url, function, mapping, workers=workers, group=group)
+
+
+def launch(
+    redis_url: str, function: dict[str, Any], mapping: dict[str, Any], *, workers: int, group: str = ""
+) -> Headwater:
+    """Write a config with `function` and `mapping` and start `headwater worker` and `headwater poll` on it (any
+    source: the AWS_* environment of this process reaches the poller)."""
+    directory = Path(tempfile.mkdtemp(prefix="headwater-bench-"))
+    config = directory / "headwater.yaml"
     config.write_text(yaml.safe_dump({"Functions": [function], "EventSourceMappings": [mapping]}))
     env = {**os.environ, "HEADWATER_REDIS_URL": redis_url, "TEST_REDIS_URL": redis_url}
     env |= {"PYTHONPATH": str(REPO_ROOT), "HEADWATER_LOG_LEVEL": "WARNING"}
@@ -123,7 +147,10 @@ async def through_headwater(broker: KafkaBroker, headwater: Headwater, records: 
         await asyncio.to_thread(headwater.stop)
 
 
-async def bare_consumer(servers: str, topic: str, records: int) -> float:
+async def bare_consumer(
+    servers: str, topic: str, records: int, handler: Callable[[dict[str, Any], Any], object] = noop
+) -> float:
+    """Events/s of one aiokafka consumer calling `handler` inline per fetched batch, until `records` are seen."""
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=servers, group_id=f"bare-{uuid.uuid4().hex[:6]}", auto_offset_reset="earliest"
     )
@@ -133,7 +160,7 @@ async def bare_consumer(servers: str, topic: str, records: int) -> float:
         fetched = await consumer.getmany(timeout_ms=500, max_records=1000)
         for partition, messages in fetched.items():
             started = started or time.monotonic()
-            noop({"records": {f"{partition.topic}-{partition.partition}": [m.value for m in messages]}}, None)
+            handler({"records": {f"{partition.topic}-{partition.partition}": [m.value for m in messages]}}, None)
             seen += len(messages)
     elapsed = time.monotonic() - (started or time.monotonic())
     await consumer.stop()

@@ -147,7 +147,7 @@ class Bench:
         if prefilled:
             await self.fill(url, events)
         started = time.perf_counter()
-        loop = asyncio.create_task(self._receive_and_delete(url, done))
+        loop = asyncio.create_task(self.receive_and_delete(url, done))
         if prefilled:
             await _until(lambda: done[0] >= events)
             rate = events / (time.perf_counter() - started)
@@ -156,11 +156,16 @@ class Bench:
         loop.cancel()
         return rate
 
-    async def _receive_and_delete(self, url: str, done: list[int]) -> None:
+    async def receive_and_delete(
+        self, url: str, done: list[int], handle: Callable[[list[dict[str, Any]]], object] | None = None
+    ) -> None:
+        """The bare loop: long-poll up to ten, call `handle` (if any) on them inline, delete them; forever."""
         while True:
             answer = await self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=20)
             messages = answer.get("Messages", [])
             if messages:
+                if handle is not None:
+                    handle(messages)
                 entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
                 await self.sqs.delete_message_batch(QueueUrl=url, Entries=entries)
                 done[0] += len(messages)
