@@ -129,12 +129,21 @@ class Lanes:
             lane.shaped = index + 1
 
     def should_pause(self, name: str) -> bool:
-        """Fetch nothing more for a partition that has a batch in flight or a full buffer."""
+        """Fetch nothing more for a partition that is draining, whose batch in flight was read under an
+        earlier assignment (its records come again from the committed offset and must not run beside
+        it), or whose buffer holds its next batch already: a full batch while one is out, two without
+        (one about to be taken), or the payload cap's worth of bytes.
+
+        Nothing else pauses: a paused partition is missing from the fetch already sent, and its next
+        record waits out the broker's long poll of that fetch (`fetch_max_wait_ms`, 500 ms). Pausing
+        on every batch out, or on one full batch at BatchSize 1, cost a third of the records 500 ms at
+        low load (bench/latency.py's Kafka row). Batches still run one at a time, in order (`take_ready`)."""
         lane = self._lanes.get(name)
         if lane is None:
             return False
-        full = len(lane.buffer) >= self.batch_size or lane.buffered_bytes >= self.limit_bytes
-        return lane.in_flight is not None or full or lane.draining
+        stale = lane.in_flight is not None and lane.in_flight != lane.epoch
+        batches_ahead = len(lane.buffer) // self.batch_size + (lane.in_flight is not None)
+        return stale or lane.draining or batches_ahead >= 2 or lane.buffered_bytes >= self.limit_bytes
 
     def take_ready(self, now: float) -> Batch | None:
         """The next ready batch of a partition with nothing in flight; it is in flight from now on."""

@@ -7,9 +7,10 @@ How it keeps the acknowledgement contract written on `Source`:
   before leaves the offset where it was, and the records come again: at-least-once. The partition
   goes on with its next batch while the commit is made; the commits of all partitions share one
   request (`commits`), and `settle` returns once it was made.
-- Each partition is a lane. It is paused while its batch waits in the invocation queue or is
-  retried, and resumed only after the commit, so batches of one partition run one at a time, in
-  offset order. A background task calls `getmany` without pause, for the other partitions; that is
+- Each partition is a lane, which lets out its next batch only once the one out (waiting in the
+  invocation queue, or retried) is settled, so batches of one partition run one at a time, in offset
+  order; meanwhile the lane buffers what comes next, up to one batch (then the partition is paused).
+  A background task calls `getmany` without pause, for the partitions not paused; that is
   also what keeps aiokafka from leaving the group when a batch outlives `max_poll_interval_ms`
   (aiokafka measures the time since the consumer last fetched, not since the last commit).
 - Poller replicas share partitions through Kafka's group protocol (group id: ConsumerGroupId, else
