@@ -130,3 +130,11 @@ def stacks_on(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
     yield make
     for stack in stacks:
         stack.stop()
+
+
+@pytest.fixture
+def redis(redis_url: str) -> Iterator[Redis]:
+    """A client of the session Redis (emptied for this test) that does not decode replies."""
+    client = Redis.from_url(redis_url)
+    yield client
+    client.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import zlib
-from collections.abc import Iterator
 
 import pytest
 from redis import Redis
@@ -15,13 +14,6 @@ from rq.serializers import JSONSerializer
 from broker import job_codec, keys
 from broker.invocation import Condition, Invocation, InvocationType, Outcome, Result, Status
 from broker.queue import InvocationQueue
-
-
-@pytest.fixture
-def redis(redis_url: str) -> Iterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 def store_as_the_previous_release_did(redis: Redis, invocation: Invocation) -> str:

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 
-import pytest
 from redis import Redis
 
 from broker import keys
@@ -19,13 +17,6 @@ from broker.queue import InvocationQueue
 from tests.rig.redis import reply_text
 
 UUID = "5d1f3c2a-8a43-4a52-9d0e-3e6c1f0b7a21"
-
-
-@pytest.fixture
-def redis(redis_url: str) -> Iterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 def old_job(redis: Redis, job_id: str, function: str = "f") -> None:

@@ -4,7 +4,7 @@ survives Redis losing its scripts, and refuses a durable write that too few repl
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from redis import Redis
@@ -18,13 +18,6 @@ from broker.queue_async import AsyncInvocationQueue
 
 # Long enough that no lease lapses between two steps on a loaded machine (see test_queue_protocol).
 TTL_SECONDS = 60.0
-
-
-@pytest.fixture
-def redis(redis_url: str) -> Iterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ the old keys.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
@@ -56,13 +55,6 @@ def test_the_layout_is_rqs_own() -> None:
     ours = (keys.RQ_QUEUE_KEY_PREFIX, keys.RQ_JOB_KEY_PREFIX, keys.RQ_QUEUES)
     rqs = (rq.Queue.redis_queue_namespace_prefix, rq.job.Job.redis_job_namespace_prefix, rq.Queue.redis_queues_keys)
     assert ours == rqs
-
-
-@pytest.fixture
-def redis(redis_url: str) -> Iterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 def test_the_scripts_write_the_keys_rq_and_keda_read(redis: Redis) -> None:
